@@ -216,7 +216,7 @@ func (ca *CA) BundlePEM() []byte { return encodeCertificatesPEM(ca.cert) }
 func (ca *CA) SignCSR(csrPEM []byte, id spiffeid.ID, ttl time.Duration) ([]byte, error) {
 	csr, err := parseCSR(csrPEM)
 	if err != nil {
-		return nil, err
+		return nil, invalidCSRError{err}
 	}
 	leaf, err := ca.issue(csr.PublicKey, id, nil, nil, ttl)
 	if err != nil {

@@ -37,6 +37,17 @@ func NewKeyAndCSR() (keyPEM, csrPEM []byte, err error) {
 	return keyPEM, pem.EncodeToMemory(&pem.Block{Type: pemCSR, Bytes: der}), nil
 }
 
+// ErrInvalidCSR is matched (errors.Is) by every SignCSR error that is the
+// CSR's fault rather than the CA's, so callers can tell bad input from an
+// internal failure.
+var ErrInvalidCSR = errors.New("identity: invalid CSR")
+
+type invalidCSRError struct{ err error }
+
+func (e invalidCSRError) Error() string        { return e.err.Error() }
+func (e invalidCSRError) Unwrap() error        { return e.err }
+func (e invalidCSRError) Is(target error) bool { return target == ErrInvalidCSR }
+
 // parseCSR parses exactly one CERTIFICATE REQUEST block and refuses a CSR
 // that is not signed by its own key, carries a weak key, or asks for
 // anything besides that key.

@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/pem"
+	"errors"
 	"net"
 	"net/url"
 	"strings"
@@ -332,5 +333,20 @@ func TestNewKeyAndCSR(t *testing.T) {
 	}
 	if len(csr.Extensions) != 0 || len(csr.URIs) != 0 || len(csr.Subject.Names) != 0 {
 		t.Error("CSR requests more than a key")
+	}
+}
+
+func TestSignCSRErrorsAreInvalidCSR(t *testing.T) {
+	ca := newCA(t, td)
+	id := sensor
+	if _, err := ca.SignCSR([]byte("garbage"), id, time.Hour); !errors.Is(err, identity.ErrInvalidCSR) {
+		t.Fatalf("garbage CSR: got %v, want ErrInvalidCSR", err)
+	}
+	_, csrPEM, err := identity.NewKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.SignCSR(csrPEM, id, time.Hour); err != nil {
+		t.Fatalf("good CSR: %v", err)
 	}
 }
