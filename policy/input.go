@@ -89,6 +89,7 @@ type Decision struct {
 	Allow    bool
 	Reasons  []string
 	Revision string // content hash of the policy revision that decided
+	ID       string // decision id, set by a decision logger; empty otherwise
 	Err      error  // set when evaluation failed; Allow is then false
 }
 

@@ -1,0 +1,199 @@
+# The default ztgate policy.
+#
+# The gateway evaluates data.ztgate.authz once per decision: CONNECT, every
+# SUBSCRIBE filter, every PUBLISH (the Last Will at CONNECT as a publish with
+# will == true), every delivery (receive) and every admin API request.
+# Nothing is allowed unless a rule below allows it.
+#
+# With trust domain TD, a device spiffe://TD/device/NAME that is enrolled and
+# active may:
+#   - publish devices/NAME/telemetry and below (not retained),
+#   - publish devices/NAME/state (retain allowed),
+#   - use devices/NAME/state as its Last Will topic,
+#   - subscribe to / receive devices/NAME/commands/#.
+# An enrolled, active identity labelled role=controller may subscribe to /
+# receive devices/+/telemetry/# and devices/+/state, and publish (not
+# retained) devices/+/commands/#.
+# An enrolled, active identity labelled role=admin may use the admin API.
+# Any enrolled, active identity may connect; what it may then do is above.
+#
+# If data.ztgate.config.trust_domain is set, only identities of that trust
+# domain are allowed anything (the gateway's verifier already refuses trust
+# domains it does not serve; this is defense in depth).
+package ztgate.authz
+
+# Helpers are functions of the input document rather than rules: the gateway
+# evaluates the whole package per decision, and every rule of the package is
+# part of that result, while a function is evaluated only where it is called.
+
+default allow := false
+
+# --- who is asking -------------------------------------------------------------
+
+enrolled(doc) if is_object(doc.device)
+
+trust_domain_ok(_) if not data.ztgate.config.trust_domain
+
+trust_domain_ok(doc) if doc.identity.trust_domain == data.ztgate.config.trust_domain
+
+# An enrolled identity of a served trust domain whose device is active.
+active(doc) if {
+	enrolled(doc)
+	doc.device.status == "active"
+	trust_domain_ok(doc)
+}
+
+# A device name that cannot widen a topic template it is put into: no
+# wildcard, no level separator, no dot segments, no NUL (CVE-2017-7650
+# class). Enrollment refuses such names; the policy does not rely on that.
+safe_name(name) if {
+	is_string(name)
+	name != ""
+	name != "."
+	not contains(name, "+")
+	not contains(name, "#")
+	not contains(name, "/")
+	not contains(name, "..")
+	not contains(name, "\u0000")
+}
+
+# NAME of an active device spiffe://TD/device/NAME whose registry entry is
+# named NAME too (the ID path and the registry must agree).
+device_name(doc) := name if {
+	active(doc)
+	["device", name] = doc.identity.segments
+	safe_name(name)
+	doc.device.name == name
+}
+
+# The role label of an active identity.
+role(doc) := doc.device.labels.role if active(doc)
+
+device_topic(name, suffix) := concat("/", ["devices", name, suffix])
+
+# --- connect -------------------------------------------------------------------
+
+allow if {
+	input.action == "connect"
+	active(input)
+}
+
+# --- devices -------------------------------------------------------------------
+
+# Telemetry: devices/NAME/telemetry and every level below it, never retained,
+# never a Last Will.
+allow if {
+	input.action == "publish"
+	input.will == false
+	input.retain == false
+	mqtt.topic_matches(device_topic(device_name(input), "telemetry/#"), input.topic)
+}
+
+# State: devices/NAME/state, retained or not; also the only Last Will topic.
+allow if {
+	input.action == "publish"
+	input.topic == device_topic(device_name(input), "state")
+}
+
+allow if {
+	input.action == "subscribe"
+	mqtt.filter_within(device_topic(device_name(input), "commands/#"), input.filter)
+}
+
+allow if {
+	input.action == "receive"
+	mqtt.topic_matches(device_topic(device_name(input), "commands/#"), input.topic)
+}
+
+# --- controllers ---------------------------------------------------------------
+
+allow if {
+	input.action == "subscribe"
+	role(input) == "controller"
+	some allowed in ["devices/+/telemetry/#", "devices/+/state"]
+	mqtt.filter_within(allowed, input.filter)
+}
+
+allow if {
+	input.action == "receive"
+	role(input) == "controller"
+	some allowed in ["devices/+/telemetry/#", "devices/+/state"]
+	mqtt.topic_matches(allowed, input.topic)
+}
+
+allow if {
+	input.action == "publish"
+	role(input) == "controller"
+	input.will == false
+	input.retain == false
+	mqtt.topic_matches("devices/+/commands/#", input.topic)
+}
+
+# --- admin API -----------------------------------------------------------------
+
+allow if {
+	input.action == "admin"
+	role(input) == "admin"
+}
+
+# --- why not -------------------------------------------------------------------
+
+# Each reason starts with `not allow` so that an allowed decision pays for
+# one cached lookup per reason and nothing more.
+
+reasons contains "identity not enrolled" if {
+	not allow
+	not enrolled(input)
+}
+
+reasons contains "device suspended" if {
+	not allow
+	input.device.status == "suspended"
+}
+
+reasons contains "device revoked" if {
+	not allow
+	input.device.status == "revoked"
+}
+
+reasons contains "device not active" if {
+	not allow
+	enrolled(input)
+	not input.device.status in {"active", "suspended", "revoked"}
+}
+
+reasons contains "trust domain not served" if {
+	not allow
+	not trust_domain_ok(input)
+}
+
+reasons contains "unknown action" if {
+	not allow
+	not input.action in {"connect", "subscribe", "publish", "receive", "admin"}
+}
+
+reasons contains "last will topic not granted" if {
+	not allow
+	active(input)
+	input.action == "publish"
+	input.will == true
+}
+
+reasons contains "topic not granted" if {
+	not allow
+	active(input)
+	input.action in {"publish", "receive"}
+	input.will != true
+}
+
+reasons contains "filter not granted" if {
+	not allow
+	active(input)
+	input.action == "subscribe"
+}
+
+reasons contains "admin role required" if {
+	not allow
+	active(input)
+	input.action == "admin"
+}

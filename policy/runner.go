@@ -1,0 +1,88 @@
+package policy
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"slices"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/tester"
+)
+
+// TestTimeout bounds each Rego test run by RunTests.
+const TestTimeout = 5 * time.Second
+
+// RunTests runs the Rego tests (rules named test_*) of every *.rego file in
+// fsys (Rego v1), with the MQTT builtins, the way `opa test` does, and
+// writes OPA's report to w: a line per failing test (per test when verbose),
+// the failing expression of each failure with its variables (and the full
+// trace when verbose), then the PASS/FAIL/ERROR summary. Results are
+// reported in file and line order. A test that errors counts as failed;
+// builtin errors are errors, as in the engine. err is set when the modules
+// do not parse or compile, or when there is no test at all.
+func RunTests(ctx context.Context, fsys fs.FS, w io.Writer, verbose bool) (passed, failed int, err error) {
+	srcs, err := readSources(fsys, true)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(srcs) == 0 {
+		return 0, 0, errors.New("policy: no .rego files to test")
+	}
+	mods, err := parseSources(srcs)
+	if err != nil {
+		return 0, 0, err
+	}
+
+	runner := tester.NewRunner().
+		SetDefaultRegoVersion(ast.RegoV1).
+		SetModules(mods).
+		AddCustomBuiltins(testerBuiltins()).
+		RaiseBuiltinErrors(true).
+		CapturePrintOutput(true).
+		EnableTracing(true). // for the failing line and its variables
+		SetTimeout(TestTimeout)
+	ch, err := runner.RunTests(ctx, nil)
+	if err != nil {
+		return 0, 0, fmt.Errorf("policy: compile tests: %w", err)
+	}
+
+	// Tests run in parallel and finish in any order; report them in source order.
+	var results []*tester.Result
+	for r := range ch {
+		results = append(results, r)
+	}
+	slices.SortFunc(results, func(a, b *tester.Result) int {
+		if a.Location == nil || b.Location == nil {
+			return cmp.Compare(a.Name, b.Name)
+		}
+		return cmp.Or(cmp.Compare(a.Location.File, b.Location.File), cmp.Compare(a.Location.Row, b.Location.Row))
+	})
+	for _, r := range results {
+		switch {
+		case r.Skip:
+		case r.Pass():
+			passed++
+		default:
+			failed++
+		}
+	}
+
+	sorted := make(chan *tester.Result, len(results))
+	for _, r := range results {
+		sorted <- r
+	}
+	close(sorted)
+	rep := tester.PrettyReporter{Output: w, Verbose: verbose, FailureLine: true, LocalVars: true}
+	if err := rep.Report(sorted); err != nil {
+		return passed, failed, fmt.Errorf("policy: report: %w", err)
+	}
+	if len(results) == 0 {
+		return 0, 0, errors.New("policy: no tests found (rules named test_*)")
+	}
+	return passed, failed, nil
+}
