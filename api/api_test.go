@@ -1,0 +1,797 @@
+package api
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/registry"
+)
+
+func TestAdminDeviceLifecycle(t *testing.T) {
+	e := newEnv(t)
+
+	// Create: the SPIFFE ID defaults to spiffe://TD/device/NAME.
+	r := e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: "sensor-1", Labels: map[string]string{"role": "sensor"}})
+	if r.status != http.StatusCreated {
+		t.Fatalf("create: %d %s", r.status, r.body)
+	}
+	if loc := r.header.Get("Location"); loc != "/v1/devices/sensor-1" {
+		t.Errorf("Location %q", loc)
+	}
+	var d Device
+	r.json(t, &d)
+	if d.Name != "sensor-1" || d.SPIFFEID != "spiffe://example.org/device/sensor-1" ||
+		d.Status != "active" || d.Labels["role"] != "sensor" || d.CreatedAt.IsZero() {
+		t.Fatalf("created device %+v", d)
+	}
+
+	// An explicit SPIFFE ID outside the device namespace is kept.
+	r = e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: "ctl-1",
+		SPIFFEID: "spiffe://example.org/workload/controller", Labels: map[string]string{"role": "controller"}})
+	if r.status != http.StatusCreated {
+		t.Fatalf("create with spiffe_id: %d %s", r.status, r.body)
+	}
+	r.json(t, &d)
+	if d.SPIFFEID != "spiffe://example.org/workload/controller" {
+		t.Fatalf("spiffe_id %q", d.SPIFFEID)
+	}
+
+	// List: sorted by name, the fixtures included.
+	r = e.do(e.admin, http.MethodGet, "/v1/devices", "", nil)
+	var list []Device
+	r.json(t, &list)
+	var names []string
+	for _, d := range list {
+		names = append(names, d.Name)
+	}
+	if want := []string{"admin-dev", "ctl-1", "sensor-0", "sensor-1"}; !reflect.DeepEqual(names, want) {
+		t.Fatalf("list names %v, want %v", names, want)
+	}
+
+	r = e.do(e.admin, http.MethodGet, "/v1/devices/sensor-1", "", nil)
+	r.json(t, &d)
+	if r.status != http.StatusOK || d.Name != "sensor-1" {
+		t.Fatalf("get: %d %s", r.status, r.body)
+	}
+
+	steps := []struct {
+		path   string
+		status int
+		want   string // device status after the step, for 200
+	}{
+		{"/v1/devices/sensor-1/suspend", http.StatusOK, "suspended"},
+		{"/v1/devices/sensor-1/suspend", http.StatusOK, "suspended"}, // no-op
+		{"/v1/devices/sensor-1/resume", http.StatusOK, "active"},
+		{"/v1/devices/sensor-1/revoke", http.StatusOK, "revoked"},
+		{"/v1/devices/sensor-1/revoke", http.StatusOK, "revoked"}, // no-op
+		{"/v1/devices/sensor-1/resume", http.StatusConflict, ""},  // revocation is final
+		{"/v1/devices/sensor-1/suspend", http.StatusConflict, ""},
+		{"/v1/devices/nope/suspend", http.StatusNotFound, ""},
+	}
+	for _, st := range steps {
+		r := e.do(e.admin, http.MethodPost, st.path, "", nil)
+		if r.status != st.status {
+			t.Fatalf("POST %s: %d %s, want %d", st.path, r.status, r.body, st.status)
+		}
+		if st.status != http.StatusOK {
+			r.errorMessage(t)
+			continue
+		}
+		r.json(t, &d)
+		if d.Status != st.want {
+			t.Fatalf("POST %s: status %q, want %q", st.path, d.Status, st.want)
+		}
+	}
+
+	// The change is visible in the registry (the API adds no state of its own).
+	got, err := e.reg.Get("sensor-1")
+	if err != nil || got.Status != registry.StatusRevoked {
+		t.Fatalf("registry: %+v %v", got, err)
+	}
+
+	// Duplicates: the same name, a revoked name, the same SPIFFE ID.
+	dups := []CreateDeviceRequest{
+		{Name: "ctl-1"},
+		{Name: "sensor-1"},
+		{Name: "ctl-2", SPIFFEID: "spiffe://example.org/workload/controller"},
+	}
+	for _, req := range dups {
+		r := e.postJSON(e.admin, "/v1/devices", req)
+		if r.status != http.StatusConflict {
+			t.Errorf("duplicate %+v: %d %s, want 409", req, r.status, r.body)
+		} else {
+			r.errorMessage(t)
+		}
+	}
+}
+
+// Writes are durable before the API answers: a store reopened from the same
+// file holds what was acknowledged.
+func TestAcknowledgedWritesAreDurable(t *testing.T) {
+	dir := t.TempDir()
+	var path string
+	e := newEnv(t, func(c *Config) {
+		path = dir + "/durable.db"
+		reg, err := registry.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Registry = reg
+		t.Cleanup(func() { _ = reg.Close() })
+	})
+	e.createDevice("sensor-9", nil)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-9/suspend", "", nil); r.status != http.StatusOK {
+		t.Fatalf("suspend: %d %s", r.status, r.body)
+	}
+	if err := e.reg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	d, err := reg.Get("sensor-9")
+	if err != nil || d.Status != registry.StatusSuspended {
+		t.Fatalf("after reopen: %+v %v", d, err)
+	}
+}
+
+// Every route but /healthz is an admin action: an enrolled device without
+// the admin role and an unenrolled identity are refused on each, while the
+// admin (the positive control) is not.
+func TestNonAdminIdentitiesForbiddenOnEveryAdminRoute(t *testing.T) {
+	e := newEnv(t)
+	e.createDevice("target", nil)
+	_, csrPEM := newCSR(t, nil)
+
+	for _, rt := range routes {
+		if rt.public {
+			continue
+		}
+		path := strings.ReplaceAll(rt.path, "{name}", "target")
+		var body []byte
+		ct := ""
+		switch {
+		case rt.pattern() == "POST /v1/devices":
+			body, ct = []byte(`{"name":"intruder"}`), "application/json"
+		case strings.HasSuffix(rt.path, "/svid"):
+			body, ct = csrPEM, "application/x-pem-file"
+		}
+		for _, who := range []struct {
+			name string
+			c    *http.Client
+		}{{"device", e.device}, {"unenrolled", e.stranger}} {
+			r := e.do(who.c, rt.method, path, ct, body)
+			if r.status != http.StatusForbidden {
+				t.Errorf("%s %s as %s: %d %s, want 403", rt.method, path, who.name, r.status, r.body)
+				continue
+			}
+			r.errorMessage(t)
+		}
+	}
+	// Nothing the refused requests asked for happened.
+	if _, err := e.reg.Get("intruder"); err == nil {
+		t.Fatal("a refused create enrolled a device")
+	}
+	if d, _ := e.reg.Get("target"); d.Status != registry.StatusActive {
+		t.Fatalf("a refused request changed target to %s", d.Status)
+	}
+
+	// Positive control, in an order that leaves every route meaningful.
+	for _, rt := range routes {
+		path := strings.ReplaceAll(rt.path, "{name}", "target")
+		var body []byte
+		ct := ""
+		switch {
+		case rt.pattern() == "POST /v1/devices":
+			body, ct = []byte(`{"name":"allowed"}`), "application/json"
+		case strings.HasSuffix(rt.path, "/svid"):
+			body, ct = csrPEM, "application/x-pem-file"
+		case strings.HasSuffix(rt.path, "/revoke"):
+			path = "/v1/devices/allowed/revoke"
+		}
+		if r := e.do(e.admin, rt.method, path, ct, body); r.status/100 != 2 {
+			t.Errorf("%s %s as admin: %d %s, want 2xx", rt.method, path, r.status, r.body)
+		}
+	}
+}
+
+// A suspended or revoked admin loses the API at once.
+func TestAdminLosesAccessWhenNotActive(t *testing.T) {
+	e := newEnv(t)
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusOK {
+		t.Fatalf("control: %d", r.status)
+	}
+	if _, err := e.reg.SetStatus("admin-dev", registry.StatusSuspended); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusForbidden {
+		t.Fatalf("suspended admin: %d %s, want 403", r.status, r.body)
+	}
+}
+
+func TestTransportRefusesClientsWithoutAValidSVID(t *testing.T) {
+	e := newEnv(t)
+
+	otherTD := spiffeid.RequireTrustDomainFromString("other.org")
+	otherCA, err := identity.LoadOrCreateCA(t.TempDir(), otherTD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignPEM, foreignKey, err := otherCA.IssueSVID(spiffeid.RequireFromPath(otherTD, "/admin/dev"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := tls.X509KeyPair(foreignPEM, foreignKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cases := []struct {
+		name string
+		cert *tls.Certificate
+	}{
+		{"no client certificate", nil},
+		{"SVID of a trust domain we do not serve", &foreign},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newHTTPClient(t, clientTLS(e.ca, tc.cert))
+			for _, path := range []string{"/healthz", "/v1/devices"} {
+				r, err := e.try(c, http.MethodGet, path, "", nil, nil)
+				if err == nil {
+					t.Fatalf("GET %s answered %d %s; want the handshake refused", path, r.status, r.body)
+				}
+			}
+		})
+	}
+	// Positive control: the same client config with a trusted SVID gets through.
+	if r := e.do(e.admin, http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
+		t.Fatalf("control: %d", r.status)
+	}
+}
+
+// The handler itself refuses a request without a verified peer, whatever
+// the listener in front of it did.
+func TestHandlerRefusesRequestsWithoutVerifiedPeer(t *testing.T) {
+	e := newEnv(t)
+
+	untrusted := spiffeid.RequireTrustDomainFromString("example.org")
+	rogueCA, err := identity.LoadOrCreateCA(t.TempDir(), untrusted) // same name, other key
+	if err != nil {
+		t.Fatal(err)
+	}
+	roguePEM, _, err := rogueCA.IssueSVID(spiffeid.RequireFromPath(untrusted, "/admin/dev"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue := parseChain(t, roguePEM)
+	goodPEM, _, err := e.ca.IssueSVID(spiffeid.RequireFromPath(td, "/admin/dev"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := parseChain(t, goodPEM)
+
+	cases := []struct {
+		name   string
+		tls    *tls.ConnectionState
+		status int
+	}{
+		{"plain HTTP", nil, http.StatusUnauthorized},
+		{"TLS without a certificate", &tls.ConnectionState{HandshakeComplete: true}, http.StatusUnauthorized},
+		{"chain from a CA we do not trust", &tls.ConnectionState{HandshakeComplete: true, PeerCertificates: rogue}, http.StatusUnauthorized},
+		{"handshake not complete", &tls.ConnectionState{PeerCertificates: good}, http.StatusUnauthorized},
+		{"verified admin (control)", &tls.ConnectionState{HandshakeComplete: true, PeerCertificates: good}, http.StatusOK},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodGet, "/v1/devices", nil)
+			req.TLS = tc.tls
+			rec := httptest.NewRecorder()
+			e.srv.Handler().ServeHTTP(rec, req)
+			r := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
+			if r.status != tc.status {
+				t.Fatalf("%d %s, want %d", r.status, r.body, tc.status)
+			}
+			if tc.status != http.StatusOK {
+				r.errorMessage(t)
+			}
+		})
+	}
+}
+
+func parseChain(t *testing.T, chainPEM []byte) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for rest := chainPEM; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		t.Fatalf("no certificates in %q", chainPEM)
+	}
+	return out
+}
+
+func TestBadInputIsA4xxWithJSONError(t *testing.T) {
+	e := newEnv(t)
+	e.createDevice("present", nil)
+	big := `{"name":"big","labels":{"k":"` + strings.Repeat("x", maxBodyBytes) + `"}}`
+
+	cases := []struct {
+		name, method, path, ct, body string
+		status                       int
+	}{
+		{"malformed JSON", "POST", "/v1/devices", "application/json", `{"name":`, 400},
+		{"not an object", "POST", "/v1/devices", "application/json", `["a"]`, 400},
+		{"wrong field type", "POST", "/v1/devices", "application/json", `{"name":1}`, 400},
+		{"unknown field", "POST", "/v1/devices", "application/json", `{"name":"a","status":"active"}`, 400},
+		{"trailing data", "POST", "/v1/devices", "application/json", `{"name":"a"}{"name":"b"}`, 400},
+		{"empty body", "POST", "/v1/devices", "application/json", ``, 400},
+		{"missing name", "POST", "/v1/devices", "application/json", `{}`, 400},
+		{"name with slash", "POST", "/v1/devices", "application/json", `{"name":"a/b"}`, 400},
+		{"name with plus", "POST", "/v1/devices", "application/json", `{"name":"a+b"}`, 400},
+		{"name with hash", "POST", "/v1/devices", "application/json", `{"name":"a#"}`, 400},
+		{"upper-case name", "POST", "/v1/devices", "application/json", `{"name":"A"}`, 400},
+		{"dot-dot name", "POST", "/v1/devices", "application/json", `{"name":".."}`, 400},
+		{"dot-dot inside name", "POST", "/v1/devices", "application/json", `{"name":"a..b"}`, 400},
+		{"leading dash", "POST", "/v1/devices", "application/json", `{"name":"-a"}`, 400},
+		{"64-character name", "POST", "/v1/devices", "application/json", `{"name":"` + strings.Repeat("a", 64) + `"}`, 400},
+		{"bad label key", "POST", "/v1/devices", "application/json", `{"name":"a","labels":{"bad key":"v"}}`, 400},
+		{"spiffe_id not a SPIFFE ID", "POST", "/v1/devices", "application/json", `{"name":"a","spiffe_id":"https://example.org/x"}`, 400},
+		{"spiffe_id of another trust domain", "POST", "/v1/devices", "application/json", `{"name":"a","spiffe_id":"spiffe://other.org/device/a"}`, 400},
+		{"spiffe_id with empty path", "POST", "/v1/devices", "application/json", `{"name":"a","spiffe_id":"spiffe://example.org"}`, 400},
+		{"spiffe_id naming another device", "POST", "/v1/devices", "application/json", `{"name":"a","spiffe_id":"spiffe://example.org/device/b"}`, 400},
+		{"spiffe_id below another device", "POST", "/v1/devices", "application/json", `{"name":"a","spiffe_id":"spiffe://example.org/device/a/x"}`, 400},
+		{"form content type", "POST", "/v1/devices", "application/x-www-form-urlencoded", `name=a`, 415},
+		{"no content type", "POST", "/v1/devices", "", `{"name":"a"}`, 415},
+		{"oversized body", "POST", "/v1/devices", "application/json", big, 413},
+		{"invalid name in path", "GET", "/v1/devices/A", "", ``, 400},
+		{"escaped slash in path", "GET", "/v1/devices/a%2Fb", "", ``, 400},
+		{"escaped plus in path", "POST", "/v1/devices/a%2Bb/revoke", "", ``, 400},
+		{"unknown device", "GET", "/v1/devices/missing", "", ``, 404},
+		{"revoke unknown device", "POST", "/v1/devices/missing/revoke", "", ``, 404},
+		{"unknown route", "GET", "/v1/nothing", "", ``, 404},
+		{"method not allowed", "DELETE", "/v1/devices/present", "", ``, 405},
+		{"method not allowed on healthz", "POST", "/healthz", "", ``, 405},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var body []byte
+			if tc.body != "" {
+				body = []byte(tc.body)
+			}
+			r := e.do(e.admin, tc.method, tc.path, tc.ct, body)
+			if r.status != tc.status {
+				t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, r.status, r.body, tc.status)
+			}
+			r.errorMessage(t)
+			if tc.status == http.StatusMethodNotAllowed && r.header.Get("Allow") == "" {
+				t.Error("405 without an Allow header")
+			}
+		})
+	}
+	// None of the refused creates enrolled anything.
+	list, err := e.reg.List()
+	if err != nil || len(list) != 3 {
+		t.Fatalf("registry holds %d devices (%v), want the 3 fixtures", len(list), err)
+	}
+	// Positive control: a well-formed create with every optional field.
+	r := e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: "a.b_c-1",
+		SPIFFEID: "spiffe://example.org/device/a.b_c-1", Labels: map[string]string{"role": "sensor"}})
+	if r.status != http.StatusCreated {
+		t.Fatalf("control: %d %s", r.status, r.body)
+	}
+	for _, l := range e.logs.requestLogs(t) {
+		if s, _ := l["status"].(float64); s >= 500 {
+			t.Errorf("a request got a 5xx: %v", l)
+		}
+	}
+}
+
+func TestSignSVID(t *testing.T) {
+	e := newEnv(t)
+	e.createDevice("sensor-1", nil)
+	const want = "spiffe://example.org/device/sensor-1"
+
+	check := func(t *testing.T, r response, key any) {
+		t.Helper()
+		if r.status != http.StatusOK {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		var sv SVIDResponse
+		r.json(t, &sv)
+		chain := parseChain(t, []byte(sv.SVIDPEM))
+		id, err := e.v.Verify(chain)
+		if err != nil {
+			t.Fatalf("returned chain does not verify: %v", err)
+		}
+		if id.String() != want || sv.SPIFFEID != want {
+			t.Fatalf("ids %s / %s, want %s", id, sv.SPIFFEID, want)
+		}
+		if len(chain[0].URIs) != 1 || len(chain[0].DNSNames) != 0 {
+			t.Fatalf("leaf SANs: URIs %v DNS %v", chain[0].URIs, chain[0].DNSNames)
+		}
+		if !chain[0].PublicKey.(interface{ Equal(x crypto.PublicKey) bool }).Equal(key) {
+			t.Fatal("leaf does not carry the CSR's key")
+		}
+		if sv.BundlePEM != string(e.ca.BundlePEM()) {
+			t.Fatal("bundle_pem is not the CA bundle")
+		}
+		if !sv.ExpiresAt.Equal(chain[0].NotAfter) || !sv.ExpiresAt.After(time.Now()) {
+			t.Fatalf("expires_at %s, leaf NotAfter %s", sv.ExpiresAt, chain[0].NotAfter)
+		}
+	}
+
+	t.Run("PEM body", func(t *testing.T) {
+		key, csrPEM := newCSR(t, nil)
+		r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-1/svid", "application/x-pem-file", csrPEM)
+		check(t, r, key.Public())
+	})
+	t.Run("JSON body", func(t *testing.T) {
+		key, csrPEM := newCSR(t, nil)
+		r := e.postJSON(e.admin, "/v1/devices/sensor-1/svid", SVIDRequest{CSR: string(csrPEM)})
+		check(t, r, key.Public())
+	})
+	t.Run("signed SVID authenticates as the device", func(t *testing.T) {
+		key, csrPEM := newCSR(t, nil)
+		r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-1/svid", "application/x-pem-file", csrPEM)
+		check(t, r, key.Public())
+		var sv SVIDResponse
+		r.json(t, &sv)
+		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair([]byte(sv.SVIDPEM), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newHTTPClient(t, clientTLS(e.ca, &cert))
+		if r := e.do(c, http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
+			t.Fatalf("healthz with the new SVID: %d", r.status)
+		}
+		// The device is no admin.
+		if r := e.do(c, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusForbidden {
+			t.Fatalf("admin route with a device SVID: %d, want 403", r.status)
+		}
+		logs := e.logs.requestLogs(t)
+		if last := logs[len(logs)-1]; last["spiffe_id"] != want || last["status"] != float64(403) {
+			t.Fatalf("last request log %v", last)
+		}
+	})
+}
+
+func TestSignSVIDRefusals(t *testing.T) {
+	e := newEnv(t)
+	e.createDevice("sensor-1", nil)
+	e.createDevice("paused", nil)
+	e.createDevice("gone", nil)
+	for _, step := range []struct{ name, action string }{{"paused", "suspend"}, {"gone", "revoke"}} {
+		if r := e.do(e.admin, http.MethodPost, "/v1/devices/"+step.name+"/"+step.action, "", nil); r.status != http.StatusOK {
+			t.Fatalf("%s %s: %d", step.action, step.name, r.status)
+		}
+	}
+
+	_, good := newCSR(t, nil)
+	_, withDNS := newCSR(t, &x509.CertificateRequest{DNSNames: []string{"gateway.example.org"}})
+	adminURI, _ := url.Parse("spiffe://example.org/admin/dev")
+	_, withURI := newCSR(t, &x509.CertificateRequest{URIs: []*url.URL{adminURI}})
+	block, _ := pem.Decode(good)
+	tampered := append([]byte(nil), block.Bytes...)
+	tampered[len(tampered)-5] ^= 0xff // inside the signature
+	tamperedPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: tampered})
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: block.Bytes})
+	garbage := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte("not DER")})
+	twice := append(append([]byte(nil), good...), good...)
+	huge := append(append([]byte(nil), good...), []byte(strings.Repeat("#", maxBodyBytes))...)
+
+	cases := []struct {
+		name, device, ct string
+		body             []byte
+		status           int
+	}{
+		{"not PEM", "sensor-1", "application/x-pem-file", []byte("hello"), 400},
+		{"empty", "sensor-1", "application/x-pem-file", nil, 400},
+		{"certificate instead of CSR", "sensor-1", "application/x-pem-file", certPEM, 400},
+		{"garbage DER", "sensor-1", "application/x-pem-file", garbage, 400},
+		{"bad signature", "sensor-1", "application/x-pem-file", tamperedPEM, 400},
+		{"two CSRs", "sensor-1", "application/x-pem-file", twice, 400},
+		{"requests a DNS SAN", "sensor-1", "application/x-pem-file", withDNS, 400},
+		{"requests the admin's SPIFFE ID", "sensor-1", "application/x-pem-file", withURI, 400},
+		{"empty JSON csr", "sensor-1", "application/json", []byte(`{"csr":""}`), 400},
+		{"unknown JSON field", "sensor-1", "application/json", []byte(`{"csr":"x","ttl":"87600h"}`), 400},
+		{"wrong content type", "sensor-1", "text/plain", good, 415},
+		{"no content type", "sensor-1", "", good, 415},
+		{"oversized", "sensor-1", "application/x-pem-file", huge, 413},
+		{"unknown device", "missing", "application/x-pem-file", good, 404},
+		{"suspended device", "paused", "application/x-pem-file", good, 409},
+		{"revoked device", "gone", "application/x-pem-file", good, 409},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.do(e.admin, http.MethodPost, "/v1/devices/"+tc.device+"/svid", tc.ct, tc.body)
+			if r.status != tc.status {
+				t.Fatalf("%d %s, want %d", r.status, r.body, tc.status)
+			}
+			msg := r.errorMessage(t)
+			// Refused before signing, not only by the re-check after it.
+			if tc.status == http.StatusConflict && !strings.Contains(msg, "only an active device") {
+				t.Errorf("409 message %q", msg)
+			}
+		})
+	}
+	// Positive control: the good CSR for the active device.
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-1/svid", "application/x-pem-file", good); r.status != http.StatusOK {
+		t.Fatalf("control: %d %s", r.status, r.body)
+	}
+	// And a resumed device gets its SVID again.
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/paused/resume", "", nil); r.status != http.StatusOK {
+		t.Fatalf("resume: %d", r.status)
+	}
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/paused/svid", "application/x-pem-file", good); r.status != http.StatusOK {
+		t.Fatalf("resumed device: %d %s", r.status, r.body)
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	e := newEnv(t)
+	for _, c := range []*http.Client{e.admin, e.device, e.stranger} {
+		r := e.do(c, http.MethodGet, "/healthz", "", nil)
+		var h Health
+		r.json(t, &h)
+		if r.status != http.StatusOK || h.Status != "ok" {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	}
+}
+
+func TestMetricsRequireAdmin(t *testing.T) {
+	e := newEnv(t)
+	for _, c := range []*http.Client{e.device, e.stranger} {
+		if r := e.do(c, http.MethodGet, "/metrics", "", nil); r.status != http.StatusForbidden {
+			t.Fatalf("non-admin: %d, want 403", r.status)
+		}
+	}
+	e.do(e.admin, http.MethodGet, "/v1/devices", "", nil)
+	r := e.do(e.admin, http.MethodGet, "/metrics", "", nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("admin: %d %s", r.status, r.body)
+	}
+	for _, want := range []string{
+		`ztgate_api_requests_total{code="200",method="GET",route="GET /v1/devices"} 1`,
+		`ztgate_api_requests_total{code="403",method="GET",route="GET /metrics"} 2`,
+		`ztgate_api_policy_denials_total 2`,
+		"go_goroutines",
+		"process_",
+	} {
+		if !strings.Contains(string(r.body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func TestSessions(t *testing.T) {
+	t.Run("no provider", func(t *testing.T) {
+		e := newEnv(t)
+		r := e.do(e.admin, http.MethodGet, "/v1/sessions", "", nil)
+		if r.status != http.StatusOK || strings.TrimSpace(string(r.body)) != "[]" {
+			t.Fatalf("%d %s, want 200 []", r.status, r.body)
+		}
+	})
+	t.Run("provider", func(t *testing.T) {
+		at := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+		sessions := []Session{{ClientID: "c1", SPIFFEID: "spiffe://example.org/device/sensor-0",
+			Device: "sensor-0", RemoteAddr: "127.0.0.1:5000", ProtocolVersion: 5, ConnectedAt: at}}
+		e := newEnv(t, func(c *Config) { c.Sessions = func() []Session { return sessions } })
+		r := e.do(e.admin, http.MethodGet, "/v1/sessions", "", nil)
+		var raw []map[string]any
+		r.json(t, &raw)
+		want := []map[string]any{{"client_id": "c1", "spiffe_id": "spiffe://example.org/device/sensor-0",
+			"device": "sensor-0", "remote_addr": "127.0.0.1:5000", "protocol_version": float64(5),
+			"connected_at": "2026-11-28T12:00:00Z"}}
+		if !reflect.DeepEqual(raw, want) {
+			t.Fatalf("sessions %v, want %v", raw, want)
+		}
+		if r := e.do(e.device, http.MethodGet, "/v1/sessions", "", nil); r.status != http.StatusForbidden {
+			t.Fatalf("device: %d, want 403", r.status)
+		}
+	})
+}
+
+// The policy sees exactly the admin input of the contract.
+func TestPolicyInput(t *testing.T) {
+	var mu sync.Mutex
+	var seen []policy.Input
+	e := newEnv(t, func(c *Config) {
+		next := c.Decider
+		c.Decider = policy.DeciderFunc(func(ctx context.Context, in *policy.Input) policy.Decision {
+			mu.Lock()
+			seen = append(seen, *in)
+			mu.Unlock()
+			if _, ok := ctx.Deadline(); !ok {
+				t.Error("decision without a deadline")
+			}
+			return next.Decide(ctx, in)
+		})
+	})
+	e.do(e.admin, http.MethodPost, "/v1/devices/sensor-0/suspend", "", nil)
+	e.do(e.stranger, http.MethodGet, "/v1/devices", "", nil)
+	e.do(e.admin, http.MethodGet, "/healthz", "", nil) // not decided
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 {
+		t.Fatalf("%d decisions, want 2", len(seen))
+	}
+	a, s := seen[0], seen[1]
+	if a.Action != policy.ActionAdmin || a.Request == nil || *a.Request != (policy.Request{Method: "POST", Path: "/v1/devices/sensor-0/suspend"}) {
+		t.Fatalf("admin input %+v %+v", a, a.Request)
+	}
+	wantID := policy.Identity{SPIFFEID: "spiffe://example.org/admin/dev", TrustDomain: "example.org",
+		Path: "/admin/dev", Segments: []string{"admin", "dev"}}
+	if !reflect.DeepEqual(a.Subject.Identity, wantID) {
+		t.Fatalf("identity %+v", a.Subject.Identity)
+	}
+	if d := a.Subject.Device; d == nil || d.Name != "admin-dev" || d.Status != "active" || d.Labels["role"] != "admin" {
+		t.Fatalf("device %+v", d)
+	}
+	if a.Subject.Client.RemoteAddr == "" || a.Time.IsZero() || a.Time.Location() != time.UTC {
+		t.Fatalf("client %+v time %v", a.Subject.Client, a.Time)
+	}
+	if a.Topic != "" || a.Filter != "" {
+		t.Fatalf("MQTT fields set on an admin input: %+v", a)
+	}
+	if s.Subject.Device != nil || s.Subject.Identity.SPIFFEID != "spiffe://example.org/device/ghost" {
+		t.Fatalf("unenrolled input %+v", s.Subject)
+	}
+}
+
+// An evaluation error denies, even with Allow set.
+func TestDecisionErrorFailsClosed(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.Decider = policy.DeciderFunc(func(context.Context, *policy.Input) policy.Decision {
+			return policy.Decision{Allow: true, Err: context.DeadlineExceeded}
+		})
+	})
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusForbidden {
+		t.Fatalf("%d %s, want 403", r.status, r.body)
+	}
+}
+
+// A browser that holds an admin certificate cannot be made to change state
+// by another site.
+func TestCrossOriginRequestsRefused(t *testing.T) {
+	e := newEnv(t)
+	body := []byte(`{"name":"csrf"}`)
+	for _, h := range []http.Header{
+		{"Sec-Fetch-Site": {"cross-site"}},
+		{"Origin": {"https://evil.example"}},
+	} {
+		r, err := e.try(e.admin, http.MethodPost, "/v1/devices", "application/json", body, h)
+		if err != nil || r.status != http.StatusForbidden {
+			t.Fatalf("cross-origin %v: %d %v, want 403", h, r.status, err)
+		}
+		r.errorMessage(t)
+	}
+	if _, err := e.reg.Get("csrf"); err == nil {
+		t.Fatal("cross-origin create succeeded")
+	}
+	// Control: the same request from a non-browser client.
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices", "application/json", body); r.status != http.StatusCreated {
+		t.Fatalf("control: %d %s", r.status, r.body)
+	}
+}
+
+func TestRequestLog(t *testing.T) {
+	e := newEnv(t)
+	e.do(e.admin, http.MethodGet, "/v1/devices/sensor-0", "", nil)
+	logs := e.logs.requestLogs(t)
+	if len(logs) == 0 {
+		t.Fatal("no request log")
+	}
+	l := logs[len(logs)-1]
+	if l["method"] != "GET" || l["path"] != "/v1/devices/sensor-0" || l["status"] != float64(200) ||
+		l["spiffe_id"] != "spiffe://example.org/admin/dev" || l["duration"] == nil {
+		t.Fatalf("log %v", l)
+	}
+}
+
+func TestNewValidatesConfig(t *testing.T) {
+	e := newEnv(t)
+	full := e.srv.cfg
+	full.Metrics = nil
+	cases := map[string]func(*Config){
+		"no TLS":      func(c *Config) { c.TLS = nil },
+		"no registry": func(c *Config) { c.Registry = nil },
+		"no CA":       func(c *Config) { c.CA = nil },
+		"no verifier": func(c *Config) { c.Verifier = nil },
+		"no decider":  func(c *Config) { c.Decider = nil },
+		"negative ttl": func(c *Config) {
+			c.SVIDTTL = -time.Second
+		},
+	}
+	for name, mut := range cases {
+		c := full
+		mut(&c)
+		if _, err := New(c); err == nil || !strings.HasPrefix(err.Error(), "api: ") {
+			t.Errorf("%s: err %v", name, err)
+		}
+	}
+	s, err := New(full)
+	if err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	if s.Addr() != nil {
+		t.Fatal("Addr before Start")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close before Start: %v", err)
+	}
+	// A second server on one metrics registry shares the API's series.
+	full.Metrics = e.srv.cfg.Metrics
+	if _, err := New(full); err != nil {
+		t.Fatalf("shared metrics registry: %v", err)
+	}
+	if err := e.srv.Start(); err == nil {
+		t.Fatal("second Start succeeded")
+	}
+}
+
+// The exported wire types and the spec's schemas name the same fields, so
+// the two cannot drift apart silently.
+func TestWireTypesMatchSpecFields(t *testing.T) {
+	spec := loadSpec(t)
+	types := map[string]any{
+		"Device":              Device{},
+		"CreateDeviceRequest": CreateDeviceRequest{},
+		"SVIDRequest":         SVIDRequest{},
+		"SVIDResponse":        SVIDResponse{},
+		"Session":             Session{},
+		"Health":              Health{},
+		"Error":               ErrorResponse{},
+	}
+	for name, v := range types {
+		schema, ok := spec.Components.Schemas[name]
+		if !ok {
+			t.Errorf("schema %s missing", name)
+			continue
+		}
+		var specFields []string
+		for f := range schema.Properties {
+			specFields = append(specFields, f)
+		}
+		rt := reflect.TypeOf(v)
+		var goFields []string
+		for i := 0; i < rt.NumField(); i++ {
+			goFields = append(goFields, strings.Split(rt.Field(i).Tag.Get("json"), ",")[0])
+		}
+		if !sameSet(specFields, goFields) {
+			t.Errorf("%s: spec fields %v, Go fields %v", name, specFields, goFields)
+		}
+	}
+}

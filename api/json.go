@@ -1,0 +1,133 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+)
+
+// ErrorResponse is the body of every error response.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// errBody is a client error with the status it deserves.
+type errBody struct {
+	status int
+	msg    string
+}
+
+func (e *errBody) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error {
+	return &errBody{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only our own response types are marshalled; they always encode.
+		status, b = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, ErrorResponse{Error: msg})
+}
+
+// writeClientError answers err if it is a client error (errBody or an
+// oversized body) and reports whether it did.
+func writeClientError(w http.ResponseWriter, err error) bool {
+	var eb *errBody
+	if errors.As(err, &eb) {
+		writeError(w, eb.status, eb.msg)
+		return true
+	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		writeError(w, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("request body larger than %d bytes", tooBig.Limit))
+		return true
+	}
+	return false
+}
+
+// mediaType returns the request's media type, lower-cased and without
+// parameters, or "" when there is none or it does not parse.
+func mediaType(r *http.Request) string {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return ""
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return ""
+	}
+	return mt
+}
+
+func unsupportedMediaType(want ...string) error {
+	msg := "Content-Type must be "
+	for i, w := range want {
+		if i > 0 {
+			msg += " or "
+		}
+		msg += w
+	}
+	return &errBody{status: http.StatusUnsupportedMediaType, msg: msg}
+}
+
+// decodeJSON reads exactly one JSON object into v, refusing unknown fields
+// and trailing data.
+func decodeJSON(r *http.Request, v any) error {
+	if mediaType(r) != "application/json" {
+		return unsupportedMediaType("application/json")
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return err
+		}
+		return badRequest("invalid JSON: trailing data after the object")
+	}
+	return nil
+}
+
+func jsonError(err error) error {
+	var tooBig *http.MaxBytesError
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooBig):
+		return err
+	case errors.Is(err, io.EOF):
+		return badRequest("invalid JSON: empty body")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badRequest("invalid JSON: unexpected end of body")
+	case errors.As(err, &syn):
+		return badRequest("invalid JSON at offset %d: %v", syn.Offset, syn)
+	case errors.As(err, &typ):
+		if typ.Field != "" {
+			return badRequest("invalid JSON: field %q must be %s", typ.Field, typ.Type)
+		}
+		return badRequest("invalid JSON: body must be a %s", typ.Type)
+	default:
+		// Unknown fields and other decoder complaints are about the input.
+		return badRequest("invalid JSON: %v", err)
+	}
+}

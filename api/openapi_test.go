@@ -1,0 +1,258 @@
+package api
+
+import (
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+type specDoc struct {
+	OpenAPI    string                          `yaml:"openapi"`
+	Security   []map[string][]string           `yaml:"security"`
+	Paths      map[string]map[string]yaml.Node `yaml:"paths"`
+	Components struct {
+		SecuritySchemes map[string]struct {
+			Type string `yaml:"type"`
+		} `yaml:"securitySchemes"`
+		Schemas map[string]struct {
+			Properties map[string]any `yaml:"properties"`
+		} `yaml:"schemas"`
+		Responses map[string]specResponse `yaml:"responses"`
+	} `yaml:"components"`
+}
+
+type specOperation struct {
+	OperationID string                  `yaml:"operationId"`
+	Responses   map[string]specResponse `yaml:"responses"`
+}
+
+type specResponse struct {
+	Ref     string `yaml:"$ref"`
+	Content map[string]struct {
+		Schema struct {
+			Ref string `yaml:"$ref"`
+		} `yaml:"schema"`
+	} `yaml:"content"`
+}
+
+var httpMethods = []string{"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+func loadSpec(t *testing.T) *specDoc {
+	t.Helper()
+	b, err := os.ReadFile("openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc specDoc
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("openapi.yaml: %v", err)
+	}
+	return &doc
+}
+
+// operations returns the spec's operations keyed "METHOD /path", the form
+// of the route table's patterns.
+func (d *specDoc) operations(t *testing.T) map[string]specOperation {
+	t.Helper()
+	ops := make(map[string]specOperation)
+	for path, item := range d.Paths {
+		for key, node := range item {
+			if !slices.Contains(httpMethods, key) {
+				continue
+			}
+			var op specOperation
+			if err := node.Decode(&op); err != nil {
+				t.Fatalf("%s %s: %v", key, path, err)
+			}
+			ops[strings.ToUpper(key)+" "+path] = op
+		}
+	}
+	return ops
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
+
+func TestOpenAPIDocumentsExactlyTheRoutes(t *testing.T) {
+	doc := loadSpec(t)
+	if !strings.HasPrefix(doc.OpenAPI, "3.") {
+		t.Fatalf("openapi %q", doc.OpenAPI)
+	}
+	var served []string
+	for _, rt := range routes {
+		served = append(served, rt.pattern())
+	}
+	var documented []string
+	for k := range doc.operations(t) {
+		documented = append(documented, k)
+	}
+	if !sameSet(served, documented) {
+		slices.Sort(served)
+		slices.Sort(documented)
+		t.Fatalf("routes and spec differ:\nserved     %q\ndocumented %q", served, documented)
+	}
+
+	// The server registers exactly the table: each pattern routes to itself.
+	e := newEnv(t)
+	for _, rt := range routes {
+		path := strings.ReplaceAll(rt.path, "{name}", "x")
+		req, _ := http.NewRequest(rt.method, "https://localhost"+path, nil)
+		if _, p := e.srv.mux.Handler(req); p != rt.pattern() {
+			t.Errorf("%s routes to %q", rt.pattern(), p)
+		}
+	}
+}
+
+func TestOpenAPIStructure(t *testing.T) {
+	doc := loadSpec(t)
+	// Mutual TLS is the only security scheme, and it applies everywhere.
+	if s, ok := doc.Components.SecuritySchemes["mutualTLS"]; !ok || s.Type != "mutualTLS" {
+		t.Fatalf("securitySchemes %+v", doc.Components.SecuritySchemes)
+	}
+	if len(doc.Security) != 1 || doc.Security[0]["mutualTLS"] == nil {
+		t.Fatalf("top-level security %+v", doc.Security)
+	}
+	ids := map[string]bool{}
+	for key, op := range doc.operations(t) {
+		if op.OperationID == "" || ids[op.OperationID] {
+			t.Errorf("%s: missing or duplicate operationId %q", key, op.OperationID)
+		}
+		ids[op.OperationID] = true
+		if len(op.Responses) == 0 {
+			t.Errorf("%s: no responses", key)
+		}
+		for code, resp := range op.Responses {
+			if _, err := strconv.Atoi(code); err != nil {
+				t.Errorf("%s: response key %q", key, code)
+			}
+			if code[0] != '4' && code[0] != '5' {
+				continue
+			}
+			// Every error response is the Error schema.
+			if resp.Ref != "" {
+				name := strings.TrimPrefix(resp.Ref, "#/components/responses/")
+				r, ok := doc.Components.Responses[name]
+				if !ok {
+					t.Errorf("%s %s: dangling $ref %q", key, code, resp.Ref)
+					continue
+				}
+				resp = r
+			}
+			if got := resp.Content["application/json"].Schema.Ref; got != "#/components/schemas/Error" {
+				t.Errorf("%s %s: error schema %q", key, code, got)
+			}
+		}
+	}
+	// Every $ref in the document resolves.
+	b, _ := os.ReadFile("openapi.yaml")
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		if n.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == "$ref" {
+					if !resolves(&root, n.Content[i+1].Value) {
+						t.Errorf("line %d: $ref %q does not resolve", n.Content[i+1].Line, n.Content[i+1].Value)
+					}
+				}
+			}
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(&root)
+}
+
+func resolves(root *yaml.Node, ref string) bool {
+	if !strings.HasPrefix(ref, "#/") {
+		return false
+	}
+	n := root.Content[0]
+	for _, part := range strings.Split(ref[2:], "/") {
+		if n.Kind != yaml.MappingNode {
+			return false
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == part {
+				next = n.Content[i+1]
+			}
+		}
+		if next == nil {
+			return false
+		}
+		n = next
+	}
+	return true
+}
+
+// The statuses the spec documents are the ones the server answers with.
+func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
+	doc := loadSpec(t)
+	ops := doc.operations(t)
+	e := newEnv(t)
+	e.createDevice("live", nil)
+	e.createDevice("dead", nil)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/dead/revoke", "", nil); r.status != http.StatusOK {
+		t.Fatalf("revoke: %d", r.status)
+	}
+	_, csr := newCSR(t, nil)
+
+	cases := []struct {
+		route, path, ct, body string
+		client                *http.Client
+		status                int
+	}{
+		{"POST /v1/devices", "/v1/devices", "application/json", `{"name":"live"}`, e.admin, 409},
+		{"POST /v1/devices", "/v1/devices", "application/json", `{"name":"A"}`, e.admin, 400},
+		{"POST /v1/devices", "/v1/devices", "text/plain", `{"name":"b"}`, e.admin, 415},
+		{"POST /v1/devices", "/v1/devices", "application/json", `{"name":"b","x":"` + strings.Repeat("x", maxBodyBytes) + `"}`, e.admin, 413},
+		{"POST /v1/devices", "/v1/devices", "application/json", `{"name":"b"}`, e.device, 403},
+		{"POST /v1/devices", "/v1/devices", "application/json", `{"name":"b"}`, e.admin, 201},
+		{"GET /v1/devices", "/v1/devices", "", ``, e.stranger, 403},
+		{"GET /v1/devices/{name}", "/v1/devices/nope", "", ``, e.admin, 404},
+		{"GET /v1/devices/{name}", "/v1/devices/A", "", ``, e.admin, 400},
+		{"POST /v1/devices/{name}/svid", "/v1/devices/dead/svid", "application/x-pem-file", string(csr), e.admin, 409},
+		{"POST /v1/devices/{name}/svid", "/v1/devices/live/svid", "application/x-pem-file", "junk", e.admin, 400},
+		{"POST /v1/devices/{name}/svid", "/v1/devices/live/svid", "text/plain", string(csr), e.admin, 415},
+		{"POST /v1/devices/{name}/svid", "/v1/devices/nope/svid", "application/x-pem-file", string(csr), e.admin, 404},
+		{"POST /v1/devices/{name}/svid", "/v1/devices/live/svid", "application/x-pem-file", string(csr), e.admin, 200},
+		{"POST /v1/devices/{name}/resume", "/v1/devices/dead/resume", "", ``, e.admin, 409},
+		{"POST /v1/devices/{name}/suspend", "/v1/devices/dead/suspend", "", ``, e.admin, 409},
+		{"POST /v1/devices/{name}/revoke", "/v1/devices/nope/revoke", "", ``, e.admin, 404},
+		{"GET /v1/sessions", "/v1/sessions", "", ``, e.device, 403},
+		{"GET /metrics", "/metrics", "", ``, e.device, 403},
+		{"GET /healthz", "/healthz", "", ``, e.device, 200},
+	}
+	for _, tc := range cases {
+		op, ok := ops[tc.route]
+		if !ok {
+			t.Errorf("%s not in the spec", tc.route)
+			continue
+		}
+		if _, ok := op.Responses[strconv.Itoa(tc.status)]; !ok {
+			t.Errorf("%s: the spec does not document %d", tc.route, tc.status)
+		}
+		method, _, _ := strings.Cut(tc.route, " ")
+		var body []byte
+		if tc.body != "" {
+			body = []byte(tc.body)
+		}
+		if r := e.do(tc.client, method, tc.path, tc.ct, body); r.status != tc.status {
+			t.Errorf("%s %s: server answers %d %s, want %d", method, tc.path, r.status, r.body, tc.status)
+		}
+	}
+}

@@ -1,0 +1,470 @@
+// Package api is ztgate's admin and enrollment API: JSON over HTTPS with
+// mutual TLS on its own port. Every request but the health check is decided
+// by the policy engine with action "admin", for the peer's verified SPIFFE ID
+// and its registry entry; there is no other way in. The routes and their
+// schemas are described in openapi.yaml, which the tests hold to the server.
+package api
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/registry"
+)
+
+const (
+	// DefaultSVIDTTL is the lifetime of an X.509-SVID signed by the API when
+	// Config.SVIDTTL is zero.
+	DefaultSVIDTTL = 24 * time.Hour
+
+	// maxBodyBytes bounds every request body; a CSR or a device is far smaller.
+	maxBodyBytes = 64 << 10
+
+	// decisionTimeout bounds one admin decision, on top of the engine's own
+	// deadline, so a stuck evaluation cannot hold a request open.
+	decisionTimeout = 2 * time.Second
+
+	shutdownTimeout = 5 * time.Second
+)
+
+// Config configures a Server. TLS, Registry, CA, Verifier and Decider are
+// required.
+type Config struct {
+	Addr string
+	// TLS is the listener's configuration (identity.ServerTLSConfig): mutual
+	// TLS with the client SVID verified in the handshake. The server verifies
+	// the peer again on every request, so a weaker config cannot let an
+	// unverified peer through; it can only make it fail later.
+	TLS      *tls.Config
+	Registry *registry.Store
+	CA       *identity.CA
+	Verifier *identity.Verifier
+	Decider  policy.Decider
+	// Sessions lists the gateway's live MQTT sessions; nil means none.
+	Sessions func() []Session
+	// SVIDTTL is the lifetime of signed SVIDs; zero means DefaultSVIDTTL.
+	SVIDTTL time.Duration
+	// Logger receives one line per request; nil means slog.Default().
+	Logger *slog.Logger
+	// Metrics is the registry /metrics serves and the API's own metrics are
+	// registered in; nil means a fresh one with the Go and process collectors.
+	Metrics *prometheus.Registry
+}
+
+// Session is one live MQTT session of the gateway, as GET /v1/sessions
+// reports it.
+type Session struct {
+	ClientID        string    `json:"client_id"`
+	SPIFFEID        string    `json:"spiffe_id"`
+	Device          string    `json:"device"`
+	RemoteAddr      string    `json:"remote_addr"`
+	ProtocolVersion byte      `json:"protocol_version"`
+	ConnectedAt     time.Time `json:"connected_at"`
+}
+
+// Server is the admin API server.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	mux      *http.ServeMux
+	public   map[string]bool // route patterns served without a decision
+	csrf     *http.CrossOriginProtection
+	metrics  *metrics
+	metricsH http.Handler
+	srv      *http.Server
+
+	mu       sync.Mutex
+	listener net.Listener
+	started  bool
+	done     chan struct{} // closed when Serve returns
+}
+
+// New checks cfg and builds a Server. It does not listen; see Start.
+func New(cfg Config) (*Server, error) {
+	switch {
+	case cfg.TLS == nil:
+		return nil, errors.New("api: TLS config is required (the API has no plaintext mode)")
+	case cfg.Registry == nil:
+		return nil, errors.New("api: registry is required")
+	case cfg.CA == nil:
+		return nil, errors.New("api: CA is required")
+	case cfg.Verifier == nil:
+		return nil, errors.New("api: verifier is required")
+	case cfg.Decider == nil:
+		return nil, errors.New("api: policy decider is required")
+	case cfg.SVIDTTL < 0:
+		return nil, fmt.Errorf("api: negative SVID TTL %s", cfg.SVIDTTL)
+	}
+	if cfg.SVIDTTL == 0 {
+		cfg.SVIDTTL = DefaultSVIDTTL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+		cfg.Metrics.MustRegister(
+			collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		)
+	}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		mux:     http.NewServeMux(),
+		public:  make(map[string]bool),
+		csrf:    http.NewCrossOriginProtection(),
+		metrics: m,
+		done:    make(chan struct{}),
+	}
+	s.metricsH = promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelError),
+	})
+	for _, rt := range routes {
+		h := rt.handler
+		s.mux.HandleFunc(rt.pattern(), func(w http.ResponseWriter, r *http.Request) { h(s, w, r) })
+		if rt.public {
+			s.public[rt.pattern()] = true
+		}
+	}
+	s.srv = &http.Server{
+		Addr:              cfg.Addr,
+		Handler:           http.HandlerFunc(s.serve),
+		TLSConfig:         cfg.TLS.Clone(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// Handler returns the API's HTTP handler. It expects requests that arrived
+// over TLS (r.TLS set); any other request is refused with 401.
+func (s *Server) Handler() http.Handler { return s.srv.Handler }
+
+// Start listens on Config.Addr and serves in the background. The listener is
+// open when Start returns.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("api: server already started")
+	}
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("api: listen: %w", err)
+	}
+	s.listener = ln
+	s.started = true
+	go func() {
+		defer close(s.done)
+		// ServeTLS (not a bare tls.NewListener) so HTTP/2 is negotiated.
+		if err := s.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("api: serve", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+	s.log.Info("api: listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// Addr returns the listening address, or nil before Start.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listener == nil {
+		return nil
+	}
+	return s.listener.Addr()
+}
+
+// Close shuts the server down gracefully, giving in-flight requests a few
+// seconds before their connections are closed.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
+	if !started {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		err = errors.Join(err, s.srv.Close())
+	}
+	<-s.done
+	if err != nil {
+		return fmt.Errorf("api: shutdown: %w", err)
+	}
+	return nil
+}
+
+// serve is the one entry point of every request: body limit, CSRF check,
+// authentication, the admin decision, routing, then a log line and metrics.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &recorder{ResponseWriter: w}
+	var peer string
+	_, pattern := s.mux.Handler(r)
+	defer func() {
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		route := pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		d := time.Since(start)
+		s.metrics.observe(r.Method, route, status, d)
+		s.log.Info("api request",
+			"method", r.Method,
+			"path", r.URL.Path,
+			"status", status,
+			"spiffe_id", peer,
+			"remote_addr", r.RemoteAddr,
+			"duration", d,
+		)
+	}()
+
+	// The server's own writer, so that it closes the connection after an
+	// oversized body instead of draining it.
+	r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+
+	if !s.public[pattern] {
+		// A browser holding an admin certificate must not be turned into a
+		// confused deputy by another site.
+		if err := s.csrf.Check(r); err != nil {
+			writeError(rec, http.StatusForbidden, "cross-origin request refused")
+			return
+		}
+		id, ok := s.authorize(rec, r)
+		peer = id
+		if !ok {
+			return
+		}
+	}
+
+	var out http.ResponseWriter = rec
+	if pattern == "" {
+		// ServeMux answers unknown paths and methods in plain text.
+		out = &jsonErrors{ResponseWriter: rec}
+	}
+	s.mux.ServeHTTP(out, r)
+}
+
+// authorize authenticates the peer and asks the policy whether it may make
+// this request. It writes the error response itself and returns false when
+// the request must not proceed.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (spiffeID string, ok bool) {
+	if r.TLS == nil {
+		writeError(w, http.StatusUnauthorized, "a client X.509-SVID is required")
+		return "", false
+	}
+	id, err := s.cfg.Verifier.PeerID(*r.TLS)
+	if err != nil {
+		s.log.Warn("api: peer not verified", "remote_addr", r.RemoteAddr, "err", err)
+		writeError(w, http.StatusUnauthorized, "a valid client X.509-SVID is required")
+		return "", false
+	}
+	spiffeID = id.String()
+
+	var dev *policy.Device
+	d, err := s.cfg.Registry.GetBySPIFFEID(spiffeID)
+	switch {
+	case err == nil:
+		dev = &policy.Device{Name: d.Name, Labels: d.Labels, Status: string(d.Status)}
+	case errors.Is(err, registry.ErrNotFound):
+		// Not enrolled: the policy sees device null and decides.
+	default:
+		s.internalError(w, "registry lookup of peer", err)
+		return spiffeID, false
+	}
+
+	in := &policy.Input{
+		Action: policy.ActionAdmin,
+		Subject: &policy.Subject{
+			Identity: identityOf(id),
+			Device:   dev,
+			Client:   policy.Client{RemoteAddr: r.RemoteAddr},
+		},
+		// The escaped path is what ServeMux routes on, so the policy sees
+		// the same segments the router does.
+		Request: &policy.Request{Method: r.Method, Path: r.URL.EscapedPath()},
+		Time:    time.Now().UTC(),
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), decisionTimeout)
+	defer cancel()
+	dec := s.cfg.Decider.Decide(ctx, in)
+	if dec.Err != nil {
+		s.log.Error("api: policy evaluation failed; denying", "spiffe_id", spiffeID,
+			"method", r.Method, "path", r.URL.Path, "err", dec.Err)
+	}
+	if !dec.Allow || dec.Err != nil {
+		s.metrics.denied.Inc()
+		s.log.Info("api: denied by policy", "spiffe_id", spiffeID, "method", r.Method,
+			"path", r.URL.Path, "reasons", dec.Reasons, "revision", dec.Revision)
+		writeError(w, http.StatusForbidden, "forbidden by policy")
+		return spiffeID, false
+	}
+	return spiffeID, true
+}
+
+// identityOf converts a verified SPIFFE ID into the policy's identity.
+func identityOf(id spiffeid.ID) policy.Identity {
+	p := id.Path()
+	segs := []string{}
+	if p != "" {
+		segs = strings.Split(p[1:], "/")
+	}
+	return policy.Identity{
+		SPIFFEID:    id.String(),
+		TrustDomain: id.TrustDomain().Name(),
+		Path:        p,
+		Segments:    segs,
+	}
+}
+
+// recorder remembers the status written, for the log line and metrics.
+type recorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// jsonErrors turns ServeMux's plain-text 404 and 405 answers into the API's
+// JSON error form, keeping their status and Allow header.
+type jsonErrors struct {
+	http.ResponseWriter
+	swallow bool
+}
+
+func (j *jsonErrors) WriteHeader(code int) {
+	if code < 400 {
+		j.ResponseWriter.WriteHeader(code)
+		return
+	}
+	j.swallow = true
+	writeError(j.ResponseWriter, code, strings.ToLower(http.StatusText(code)))
+}
+
+func (j *jsonErrors) Write(b []byte) (int, error) {
+	if j.swallow {
+		return len(b), nil
+	}
+	return j.ResponseWriter.Write(b)
+}
+
+// metrics are the API's own Prometheus collectors.
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	denied   prometheus.Counter
+	svids    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_api_requests_total",
+			Help: "Admin API requests by method, route pattern and status code.",
+		}, []string{"method", "route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ztgate_api_request_duration_seconds",
+			Help:    "Admin API request latency by method and route pattern.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"method", "route"}),
+		denied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ztgate_api_policy_denials_total",
+			Help: "Admin API requests denied by policy.",
+		}),
+		svids: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ztgate_api_svids_issued_total",
+			Help: "X.509-SVIDs signed through the admin API.",
+		}),
+	}
+	var err error
+	m.requests = register(reg, m.requests, &err)
+	m.duration = register(reg, m.duration, &err)
+	m.denied = register(reg, m.denied, &err)
+	m.svids = register(reg, m.svids, &err)
+	if err != nil {
+		return nil, fmt.Errorf("api: register metrics: %w", err)
+	}
+	return m, nil
+}
+
+// register registers c, or returns the identical collector already
+// registered (a second Server on the same registry shares the series).
+func register[C prometheus.Collector](reg prometheus.Registerer, c C, errp *error) C {
+	err := reg.Register(c)
+	if err == nil {
+		return c
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing
+		}
+	}
+	if *errp == nil {
+		*errp = err
+	}
+	return c
+}
+
+func (m *metrics) observe(method, route string, status int, d time.Duration) {
+	if !knownMethod(method) {
+		method = "other" // bound label cardinality
+	}
+	m.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(method, route).Observe(d.Seconds())
+}
+
+func knownMethod(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return true
+	}
+	return false
+}
