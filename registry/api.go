@@ -6,6 +6,11 @@
 // bbolt file: every write is committed (and fsynced) there first and only then
 // made visible in memory, so a write that returned nil survives a crash. On
 // Open the memory database is rebuilt from the file.
+//
+// Every change is written together with its audit entry, in the same bbolt
+// transaction: there is no change without its entry and no entry without its
+// change. Devices may also be registered as pending and enroll themselves
+// with a one-time bootstrap token (see CreateToken and RedeemToken).
 package registry
 
 import (
@@ -14,19 +19,29 @@ import (
 	"time"
 )
 
-// Status is a device's lifecycle state.
+// Status is a device's lifecycle state. pending becomes active only through
+// RedeemToken; active and suspended are exchanged by SetStatus; every state
+// may become revoked, which is final. Only an active device may connect or be
+// issued an SVID.
 type Status string
 
 const (
+	// StatusPending is a device registered for bootstrap enrollment that
+	// has not redeemed its token yet, so it holds no SVID. It leaves this
+	// state by redeeming its token (active) or by revocation.
+	StatusPending   Status = "pending"
 	StatusActive    Status = "active"
 	StatusSuspended Status = "suspended"
 	StatusRevoked   Status = "revoked"
 )
 
+// statusRule lists the defined states for error messages.
+const statusRule = "must be pending, active, suspended or revoked"
+
 // Valid reports whether st is one of the defined states.
 func (st Status) Valid() bool {
 	switch st {
-	case StatusActive, StatusSuspended, StatusRevoked:
+	case StatusPending, StatusActive, StatusSuspended, StatusRevoked:
 		return true
 	}
 	return false
@@ -42,7 +57,27 @@ var (
 	// revocation is final, and a revoked record is kept so that its name and
 	// SPIFFE ID can never be enrolled again (old SVIDs stay refused).
 	ErrRevoked = errors.New("registry: device is revoked")
+	// ErrPending is returned for a status change a pending device may not
+	// undergo: it becomes active only by redeeming its bootstrap token.
+	ErrPending = errors.New("registry: device is pending enrollment")
+	// ErrTokenInvalid is the one answer to a bootstrap token that is
+	// malformed, unknown, wrong, expired or used, or whose device is no
+	// longer pending: a caller learns nothing about which it was.
+	ErrTokenInvalid = errors.New("registry: invalid bootstrap token")
+	// ErrInvalidQuery is returned for a bad selector, cursor, limit or status
+	// filter. It also matches ErrInvalid: it is bad input like any other.
+	ErrInvalidQuery error = &kindError{msg: "registry: invalid query", kind: ErrInvalid}
 )
+
+// kindError is a sentinel that also matches a broader sentinel, so that a
+// caller that only knows the broader one still classifies it right.
+type kindError struct {
+	msg  string
+	kind error
+}
+
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.kind }
 
 // Device is one enrolled identity.
 type Device struct {

@@ -132,3 +132,140 @@ func BenchmarkOpen100k(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkListDevicesSelector pages through a registry of 100k devices
+// (role=controller on 1%, site-0..site-9 evenly; see writeFixture).
+func BenchmarkListDevicesSelector(b *testing.B) {
+	const n = 100_000
+	s, err := Open(writeFixture(b, n))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	cases := []struct {
+		name string
+		q    Query
+		want int // devices on the page
+	}{
+		{"no-selector/first-page", Query{}, 100},
+		{"no-selector/deep-page", Query{After: "dev-090000"}, 100},
+		// role sorts first: walks the 1% of controllers, checks site.
+		{"role=controller,site=site-0/first-page", Query{Selector: map[string]string{"site": "site-0", "role": "controller"}}, 100},
+		// role sorts first: walks sensors (99%), keeps 1 in 10.
+		{"role=sensor,site=site-3/first-page", Query{Selector: map[string]string{"site": "site-3", "role": "sensor"}}, 100},
+		{"site=site-3/first-page", Query{Selector: map[string]string{"site": "site-3"}}, 100},
+		{"site=site-3/deep-page", Query{Selector: map[string]string{"site": "site-3"}, After: "dev-090003"}, 100},
+		{"site=site-3/limit-1000", Query{Selector: map[string]string{"site": "site-3"}, Limit: 1000}, 1000},
+		{"status=active/deep-page", Query{Status: StatusActive, After: "dev-090000"}, 100},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				devs, _, err := s.ListDevices(tc.q)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(devs) != tc.want {
+					b.Fatalf("%d devices, want %d", len(devs), tc.want)
+				}
+			}
+		})
+	}
+	// Every page of a 10k-device selection, pages of 1000.
+	b.Run("site=site-3/all-pages", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			q, total := Query{Selector: map[string]string{"site": "site-3"}, Limit: 1000}, 0
+			for {
+				devs, next, err := s.ListDevices(q)
+				if err != nil {
+					b.Fatal(err)
+				}
+				total += len(devs)
+				if next == "" {
+					break
+				}
+				q.After = next
+			}
+			if total != n/10 {
+				b.Fatalf("%d devices, want %d", total, n/10)
+			}
+		}
+	})
+}
+
+// BenchmarkRedeemToken measures one redemption, bbolt's fsync included; the
+// CreateToken of each iteration is outside the timer.
+func BenchmarkRedeemToken(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "registry.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		name := fmt.Sprintf("dev-%d", i)
+		tok, _, err := s.CreateToken(name, time.Hour, map[string]string{"role": "sensor"}, td+"/device/"+name, adminID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if _, err := s.RedeemToken(tok, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRedeemTokenRefused measures a wrong token: no lock, no disk.
+func BenchmarkRedeemTokenRefused(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "registry.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	tok, _, err := s.CreateToken("dev", time.Hour, nil, td+"/device/dev", adminID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	wrong := flipSecret(tok)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.RedeemToken(wrong, time.Now()); err != ErrTokenInvalid {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkImport10k imports 10k new devices into an empty store (20
+// transactions of 500, fsync included).
+func BenchmarkImport10k(b *testing.B) {
+	const n = 10_000
+	rows := make([]Device, n)
+	for i := range rows {
+		rows[i] = device(fmt.Sprintf("dev-%05d", i), "role", "sensor", "site", fmt.Sprintf("site-%d", i%10))
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s, err := Open(filepath.Join(b.TempDir(), fmt.Sprintf("registry-%d.db", i)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		res, err := s.Import(rows, adminID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if len(res) != n || res[n-1].Result != ImportCreated {
+			b.Fatalf("import: %d results, last %+v", len(res), res[len(res)-1])
+		}
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "devices/s")
+}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,6 +91,11 @@ func openBolt(path string) (*bbolt.DB, error) {
 		if err != nil {
 			return err
 		}
+		for _, name := range [][]byte{bucketTokens, bucketAudit} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
@@ -112,15 +118,17 @@ func openBolt(path string) (*bbolt.DB, error) {
 	return bdb, nil
 }
 
-// load copies every device from bbolt into an empty memdb, in one memdb
-// transaction. Any bad record fails the whole load: the registry decides who
-// may connect, so it does not start from a partial view.
+// load copies every device and token from bbolt into an empty memdb, in one
+// memdb transaction, and returns the number of devices. Any bad record fails
+// the whole load: the registry decides who may connect, so it does not start
+// from a partial view. The audit log is not read: it is not needed to serve,
+// and a cold start should not grow with its history.
 func load(bdb *bbolt.DB, db *memdb.MemDB) (int, error) {
 	txn := db.Txn(true)
 	defer txn.Abort()
 	n := 0
 	err := bdb.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+		err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
 			d, err := decode(k, v)
 			if err != nil {
 				return fmt.Errorf("record %s: %w", quote(string(k)), err)
@@ -139,10 +147,119 @@ func load(bdb *bbolt.DB, db *memdb.MemDB) (int, error) {
 			n++
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
+			if err := loadToken(txn, k, v); err != nil {
+				return fmt.Errorf("token record %s: %w", quote(string(k)), err)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return 0, fmt.Errorf("registry: load %s: %w", bdb.Path(), err)
 	}
 	txn.Commit()
 	return n, nil
+}
+
+// loadToken decodes one token record and checks it against the devices
+// already loaded: a token always belongs to a device under the same SPIFFE
+// ID, and a device has at most one token.
+func loadToken(txn *memdb.Txn, k, v []byte) error {
+	t, err := decodeToken(k, v)
+	if err != nil {
+		return err
+	}
+	dev, err := lookup(txn, indexID, t.Device)
+	if err != nil {
+		return err
+	}
+	if dev == nil {
+		return fmt.Errorf("device %s does not exist", quote(t.Device))
+	}
+	if dev.SPIFFEID != t.SPIFFEID {
+		return fmt.Errorf("spiffe_id %s is not that of device %s", quote(t.SPIFFEID), quote(t.Device))
+	}
+	if other, err := tokenOf(txn, t.Device); err != nil {
+		return err
+	} else if other != nil {
+		return fmt.Errorf("device %s also has token %s", quote(t.Device), quote(other.ID))
+	}
+	if err := txn.Insert(tableTokens, t); err != nil {
+		return err
+	}
+	return nil
+}
+
+// tokenRecord is the on-disk form of a token (bucket "tokens", key = ID),
+// its own type for the reason given at record. The secret is never stored.
+type tokenRecord struct {
+	ID        string     `json:"id"`
+	Device    string     `json:"device"`
+	SPIFFEID  string     `json:"spiffe_id"`
+	SHA256    string     `json:"sha256"` // hex SHA-256 of the secret
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	UsedAt    *time.Time `json:"used_at,omitempty"`
+	CreatedBy string     `json:"created_by"`
+}
+
+func encodeToken(t *token) ([]byte, error) {
+	r := tokenRecord{
+		ID: t.ID, Device: t.Device, SPIFFEID: t.SPIFFEID, SHA256: hex.EncodeToString(t.Hash[:]),
+		CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, CreatedBy: t.CreatedBy,
+	}
+	if !t.UsedAt.IsZero() {
+		used := t.UsedAt
+		r.UsedAt = &used
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("registry: encode token %s: %w", quote(t.ID), err)
+	}
+	return b, nil
+}
+
+func decodeToken(key, val []byte) (*token, error) {
+	var r tokenRecord
+	dec := json.NewDecoder(bytes.NewReader(val))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after record")
+	}
+	if r.ID != string(key) || !isTokenID(r.ID) {
+		return nil, fmt.Errorf("record id %s does not match its key or is malformed", quote(r.ID))
+	}
+	if err := ValidateName(r.Device); err != nil {
+		return nil, err
+	}
+	if id, err := validateSPIFFEID(r.SPIFFEID); err != nil {
+		return nil, err
+	} else if id != r.SPIFFEID {
+		return nil, fmt.Errorf("spiffe_id %s is not in canonical form", quote(r.SPIFFEID))
+	}
+	t := &token{
+		ID: r.ID, Device: r.Device, SPIFFEID: r.SPIFFEID, CreatedBy: r.CreatedBy,
+		CreatedAt: r.CreatedAt.UTC(), ExpiresAt: r.ExpiresAt.UTC(),
+	}
+	h, err := hex.DecodeString(r.SHA256)
+	if err != nil || len(h) != len(t.Hash) {
+		return nil, errors.New("sha256 is not 64 hex digits")
+	}
+	copy(t.Hash[:], h)
+	if t.ExpiresAt.IsZero() {
+		return nil, errors.New("record has no expiry")
+	}
+	if r.UsedAt != nil {
+		if r.UsedAt.IsZero() {
+			return nil, errors.New("used_at is the zero time")
+		}
+		t.UsedAt = r.UsedAt.UTC()
+	}
+	return t, nil
 }

@@ -1,9 +1,10 @@
 package registry
 
 import (
-	"errors"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,11 +27,17 @@ type Store struct {
 	// watch is closed and replaced after every committed change, and closed
 	// for good by Close.
 	watch atomic.Pointer[chan struct{}]
+	// now is the store's clock (time.Now; tests move it).
+	now func() time.Time
+	// beforeCommit, when set (by tests), runs at the end of every bbolt
+	// write transaction; an error rolls the whole transaction back.
+	beforeCommit func(tx *bbolt.Tx) error
 }
 
 // Open opens (creating if needed) the bbolt file at path and loads memdb from
 // it. A new file is created 0600 in a directory created 0700. Any record
 // that does not decode or validate fails Open with an error naming its key.
+// Expired bootstrap tokens are pruned (a bounded number per Open).
 func Open(path string) (*Store, error) {
 	db, err := newMemDB()
 	if err != nil {
@@ -45,10 +52,17 @@ func Open(path string) (*Store, error) {
 		_ = bdb.Close()
 		return nil, err
 	}
-	s := &Store{bolt: bdb, db: db}
+	s := &Store{bolt: bdb, db: db, now: time.Now}
 	s.count.Store(int64(n))
 	ch := make(chan struct{})
 	s.watch.Store(&ch)
+	if err := s.write(func(w *writeTxn) error {
+		_, err := w.pruneTokens(w.now, pruneOnOpen)
+		return err
+	}); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("registry: open %s: prune expired tokens: %w", path, err)
+	}
 	return s, nil
 }
 
@@ -69,183 +83,192 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Create adds a device (status active unless set). Durable before it returns.
-// The caller must fill SPIFFEID; CreatedAt and UpdatedAt are set here (UTC).
-func (s *Store) Create(d Device) (*Device, error) {
+// Create adds a device (status active unless set). Durable, with its audit
+// entry, before it returns. The caller must fill SPIFFEID; CreatedAt and
+// UpdatedAt are set here (UTC).
+func (s *Store) Create(d Device, opts ...WriteOption) (*Device, error) {
 	dev, err := normalize(d)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC()
-	dev.CreatedAt, dev.UpdatedAt = now, now
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed.Load() {
-		return nil, ErrClosed
-	}
-	txn := s.db.Txn(true)
-	defer txn.Abort()
-	// memdb does not enforce unique indexes itself: check both here.
-	if existing, err := txn.First(tableDevices, indexID, dev.Name); err != nil {
-		return nil, fmt.Errorf("registry: lookup: %w", err)
-	} else if existing != nil {
-		return nil, fmt.Errorf("%w: name %s is taken", ErrExists, quote(dev.Name))
-	}
-	if existing, err := txn.First(tableDevices, indexSPIFFEID, dev.SPIFFEID); err != nil {
-		return nil, fmt.Errorf("registry: lookup: %w", err)
-	} else if existing != nil {
-		return nil, fmt.Errorf("%w: spiffe_id %s is used by device %s",
-			ErrExists, quote(dev.SPIFFEID), quote(existing.(*Device).Name))
-	}
-	if err := txn.Insert(tableDevices, dev); err != nil {
-		return nil, fmt.Errorf("registry: insert: %w", err)
-	}
-	val, err := encode(dev)
+	o, err := options(opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.persist(func(b *bbolt.Bucket) error {
-		if b.Get([]byte(dev.Name)) != nil {
-			return fmt.Errorf("record %s already on disk", quote(dev.Name))
+	err = s.write(func(w *writeTxn) error {
+		if err := checkNew(w.mem, dev); err != nil {
+			return err
 		}
-		return b.Put([]byte(dev.Name), val)
-	}); err != nil {
+		dev.CreatedAt, dev.UpdatedAt = w.now, w.now
+		if err := w.putDevice(dev, true); err != nil {
+			return err
+		}
+		w.record(o, ActionDeviceCreate, dev.Name, describe(dev))
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	s.commit(txn, +1)
 	return dev.Clone(), nil
 }
 
-// SetStatus moves a device to st. active and suspended may be exchanged
-// freely; revoked is final (ErrRevoked). Setting the current status is a
-// no-op that writes nothing and fires no watch.
-func (s *Store) SetStatus(name string, st Status) (*Device, error) {
-	if !st.Valid() {
-		return nil, fmt.Errorf("%w: status %s: must be active, suspended or revoked", ErrInvalid, quote(string(st)))
+// checkNew refuses a device whose name or SPIFFE ID is taken: memdb does not
+// enforce unique indexes itself.
+func checkNew(txn *memdb.Txn, dev *Device) error {
+	if existing, err := lookup(txn, indexID, dev.Name); err != nil {
+		return err
+	} else if existing != nil {
+		return fmt.Errorf("%w: name %s is taken", ErrExists, quote(dev.Name))
 	}
-	return s.update(name, func(cur *Device) (*Device, error) {
+	if existing, err := lookup(txn, indexSPIFFEID, dev.SPIFFEID); err != nil {
+		return err
+	} else if existing != nil {
+		return fmt.Errorf("%w: spiffe_id %s is used by device %s",
+			ErrExists, quote(dev.SPIFFEID), quote(existing.Name))
+	}
+	return nil
+}
+
+// describe is the audit detail of a new device.
+func describe(d *Device) string {
+	return fmt.Sprintf("spiffe_id %s, status %s, labels {%s}", d.SPIFFEID, d.Status, formatLabels(d.Labels))
+}
+
+// formatLabels renders labels as sorted k=v pairs (the selector syntax).
+func formatLabels(labels map[string]string) string {
+	pairs := make([]string, 0, len(labels))
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		pairs = append(pairs, k+"="+labels[k])
+	}
+	return strings.Join(pairs, ",")
+}
+
+// SetStatus moves a device to st. active and suspended may be exchanged
+// freely; revoked is final (ErrRevoked). A pending device may only be
+// revoked: it becomes active by redeeming its bootstrap token, never by
+// SetStatus (ErrPending), and no device becomes pending again (ErrInvalid).
+// Revoking a device also removes its bootstrap token. Setting the current
+// status is a no-op that writes nothing and fires no watch.
+func (s *Store) SetStatus(name string, st Status, opts ...WriteOption) (*Device, error) {
+	if !st.Valid() {
+		return nil, fmt.Errorf("%w: status %s: %s", ErrInvalid, quote(string(st)), statusRule)
+	}
+	o, err := options(opts)
+	if err != nil {
+		return nil, err
+	}
+	return s.update(name, func(w *writeTxn, cur *Device) (*Device, error) {
 		if cur.Status == st {
 			return nil, nil
 		}
-		if cur.Status == StatusRevoked {
+		switch {
+		case cur.Status == StatusRevoked:
 			return nil, fmt.Errorf("%w: %s cannot become %s", ErrRevoked, quote(name), st)
+		case st == StatusPending:
+			return nil, fmt.Errorf("%w: status pending is set only by a bootstrap token for a new device; %s is %s",
+				ErrInvalid, quote(name), cur.Status)
+		case cur.Status == StatusPending && st != StatusRevoked:
+			return nil, fmt.Errorf("%w: %s becomes active only by redeeming its bootstrap token; it may be revoked or deleted",
+				ErrPending, quote(name))
+		}
+		if st == StatusRevoked {
+			if err := w.deleteTokenOf(name); err != nil {
+				return nil, err
+			}
 		}
 		next := cur.Clone()
 		next.Status = st
+		w.record(o, statusAction(st), name, fmt.Sprintf("%s -> %s", cur.Status, st))
 		return next, nil
 	})
 }
 
+func statusAction(st Status) string {
+	switch st {
+	case StatusRevoked:
+		return ActionDeviceRevoke
+	case StatusSuspended:
+		return ActionDeviceSuspend
+	default:
+		return ActionDeviceResume
+	}
+}
+
 // SetLabels replaces all labels of a device. The same labels again are a no-op.
-func (s *Store) SetLabels(name string, labels map[string]string) (*Device, error) {
+func (s *Store) SetLabels(name string, labels map[string]string, opts ...WriteOption) (*Device, error) {
 	if err := validateLabels(labels); err != nil {
 		return nil, err
 	}
+	o, err := options(opts)
+	if err != nil {
+		return nil, err
+	}
 	labels = cloneLabels(labels)
-	return s.update(name, func(cur *Device) (*Device, error) {
+	return s.update(name, func(w *writeTxn, cur *Device) (*Device, error) {
 		if maps.Equal(cur.Labels, labels) {
 			return nil, nil
 		}
 		next := *cur
 		next.Labels = labels
+		w.record(o, ActionDeviceLabels, name, fmt.Sprintf("{%s} -> {%s}", formatLabels(cur.Labels), formatLabels(labels)))
 		return &next, nil
 	})
 }
 
 // update applies change to the stored device under the writer lock. change
-// returns the new record, or nil for no change.
-func (s *Store) update(name string, change func(cur *Device) (*Device, error)) (*Device, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed.Load() {
-		return nil, ErrClosed
-	}
-	txn := s.db.Txn(true)
-	defer txn.Abort()
-	cur, err := first(txn, indexID, name)
-	if err != nil {
-		return nil, err
-	}
-	next, err := change(cur)
-	if err != nil {
-		return nil, err
-	}
-	if next == nil {
-		return cur.Clone(), nil
-	}
-	next.UpdatedAt = time.Now().UTC()
-	if err := txn.Insert(tableDevices, next); err != nil {
-		return nil, fmt.Errorf("registry: insert: %w", err)
-	}
-	val, err := encode(next)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.persist(func(b *bbolt.Bucket) error {
-		return b.Put([]byte(next.Name), val)
-	}); err != nil {
-		return nil, err
-	}
-	s.commit(txn, 0)
-	return next.Clone(), nil
-}
-
-// Delete removes a device. A revoked device cannot be deleted (ErrRevoked):
-// its record keeps the name and SPIFFE ID from being enrolled again, which
-// would make the revoked SVIDs valid once more.
-func (s *Store) Delete(name string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed.Load() {
-		return ErrClosed
-	}
-	txn := s.db.Txn(true)
-	defer txn.Abort()
-	cur, err := first(txn, indexID, name)
-	if err != nil {
-		return err
-	}
-	if cur.Status == StatusRevoked {
-		return fmt.Errorf("%w: %s is kept so that its name and spiffe_id are never reused", ErrRevoked, quote(name))
-	}
-	if err := txn.Delete(tableDevices, cur); err != nil {
-		return fmt.Errorf("registry: delete: %w", err)
-	}
-	if err := s.persist(func(b *bbolt.Bucket) error {
-		return b.Delete([]byte(name))
-	}); err != nil {
-		return err
-	}
-	s.commit(txn, -1)
-	return nil
-}
-
-// persist commits one change to bbolt (fsync included). The caller holds mu
-// and an uncommitted memdb txn, which it aborts if this fails.
-func (s *Store) persist(fn func(b *bbolt.Bucket) error) error {
-	err := s.bolt.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketDevices)
-		if b == nil {
-			return errors.New("bucket devices missing")
+// returns the new record, or nil for no change; it may stage more in w (its
+// audit entry, a token removal).
+func (s *Store) update(name string, change func(w *writeTxn, cur *Device) (*Device, error)) (*Device, error) {
+	var out *Device
+	err := s.write(func(w *writeTxn) error {
+		cur, err := first(w.mem, indexID, name)
+		if err != nil {
+			return err
 		}
-		return fn(b)
+		next, err := change(w, cur)
+		if err != nil {
+			return err
+		}
+		if next == nil {
+			out = cur.Clone()
+			return nil
+		}
+		next.UpdatedAt = w.now
+		if err := w.putDevice(next, false); err != nil {
+			return err
+		}
+		out = next.Clone()
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("registry: write to disk: %w", err)
+		return nil, err
 	}
-	return nil
+	return out, nil
 }
 
-// commit makes a change that is already on disk visible in memory and wakes
-// the watchers once it is.
-func (s *Store) commit(txn *memdb.Txn, delta int64) {
-	txn.Defer(func() {
-		s.count.Add(delta)
-		next := make(chan struct{})
-		close(*s.watch.Swap(&next))
+// Delete removes a device, and its bootstrap token if it has one. A revoked
+// device cannot be deleted (ErrRevoked): its record keeps the name and SPIFFE
+// ID from being enrolled again, which would make the revoked SVIDs valid once
+// more.
+func (s *Store) Delete(name string, opts ...WriteOption) error {
+	o, err := options(opts)
+	if err != nil {
+		return err
+	}
+	return s.write(func(w *writeTxn) error {
+		cur, err := first(w.mem, indexID, name)
+		if err != nil {
+			return err
+		}
+		if cur.Status == StatusRevoked {
+			return fmt.Errorf("%w: %s is kept so that its name and spiffe_id are never reused", ErrRevoked, quote(name))
+		}
+		if err := w.deleteDevice(cur); err != nil {
+			return err
+		}
+		w.record(o, ActionDeviceDelete, name, fmt.Sprintf("was %s, %s", cur.Status, cur.SPIFFEID))
+		return nil
 	})
-	txn.Commit()
 }
 
 // first returns the stored (shared, never mutated) device of a unique index.

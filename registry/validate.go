@@ -116,7 +116,7 @@ func normalize(d Device) (*Device, error) {
 		d.Status = StatusActive
 	}
 	if !d.Status.Valid() {
-		return nil, fmt.Errorf("%w: status %s: must be active, suspended or revoked", ErrInvalid, quote(string(d.Status)))
+		return nil, fmt.Errorf("%w: status %s: %s", ErrInvalid, quote(string(d.Status)), statusRule)
 	}
 	if err := validateLabels(d.Labels); err != nil {
 		return nil, err
