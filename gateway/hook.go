@@ -1,0 +1,399 @@
+package gateway
+
+import (
+	"crypto/tls"
+	"errors"
+	"strings"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ztgate/ztgate/policy"
+)
+
+// errConnectRefused ends a connection whose CONNECT was refused; the CONNACK
+// has been sent by then.
+var errConnectRefused = errors.New("gateway: connect refused")
+
+// hook is the gateway's one mochi hook. It turns MQTT events into policy
+// decisions; the decisions themselves are the policy's.
+type hook struct {
+	mqtt.HookBase
+	g *Gateway
+}
+
+func (h *hook) ID() string { return "ztgate" }
+
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect,
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnSessionEstablish,
+		mqtt.OnDisconnect,
+		mqtt.OnClientExpired,
+		mqtt.OnACLCheck,
+		mqtt.OnSubscribe,
+		mqtt.OnSubscribed,
+		mqtt.OnPublish,
+		mqtt.OnWill:
+		return true
+	}
+	return false
+}
+
+// session returns the gateway state of cl, nil for a client that has none
+// (which every check treats as a deny).
+func (g *Gateway) session(cl *mqtt.Client) *session {
+	if v, ok := g.sessions.Load(cl); ok {
+		return v.(*session)
+	}
+	return nil
+}
+
+// OnConnect decides the CONNECT: verified identity, registry record, the
+// policy's "connect" and the Last Will. It runs after mochi parsed and
+// validated the packet and before anything of the session exists.
+//
+// A refusal writes the CONNACK here, because mochi drops a connection
+// whose OnConnect fails without answering it; OnConnectAuthenticate could
+// only answer "bad user name or password". Username and password are never
+// looked at.
+func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	g := h.g
+	clientID := cl.ID // as sent, or as mochi assigned it
+	remote := cl.Net.Remote
+	version := cl.Properties.ProtocolVersion
+	refuse := func(why string, attrs ...any) error {
+		code := packets.ErrNotAuthorized // 0x87
+		if version < 5 {
+			// mochi maps no v5 code to 3.1.1's 0x05 but the bad-credentials
+			// one; send it as is.
+			code = packets.Err3NotAuthorized
+		}
+		_ = g.server.SendConnack(cl, code, false, nil)
+		g.log.Info("gateway: CONNECT refused",
+			append([]any{"reason", why, "client_id", clientID, "remote_addr", remote}, attrs...)...)
+		return errConnectRefused
+	}
+
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return refuse("not a TLS connection")
+	}
+	id, err := g.verifier.PeerID(tc.ConnectionState())
+	if err != nil {
+		return refuse("peer identity not verified", "err", err)
+	}
+	spiffeID := id.String()
+	if strings.IndexByte(spiffeID, ' ') >= 0 {
+		// Cannot happen with a valid SPIFFE ID; the client ID scoping
+		// depends on it, so it is checked rather than assumed.
+		return refuse("SPIFFE ID contains a space", "spiffe_id", spiffeID)
+	}
+
+	// The registry watch is taken before the lookup: see the end.
+	watch := g.reg.Watch()
+	dev, err := g.lookupDevice(spiffeID)
+	if err != nil {
+		return refuse("registry lookup failed", "spiffe_id", spiffeID, "err", err)
+	}
+	if !mayConnect(dev) {
+		return refuse("device is "+string(dev.Status), "spiffe_id", spiffeID)
+	}
+
+	s := &session{
+		cl:          cl,
+		id:          id,
+		spiffeID:    spiffeID,
+		clientID:    clientID,
+		remote:      remote,
+		version:     version,
+		connectedAt: g.now(),
+	}
+	s.device.Store(dev)
+	s.subject.Store(newSubject(id, dev, clientID, remote, version))
+
+	if !g.decide(s, policy.ActionConnect, "", "", 0, false, false, 0) {
+		return refuse("denied by policy", "spiffe_id", spiffeID)
+	}
+	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 1 && !g.allowWill(s, cl.Properties.Will) {
+		return refuse("will denied", "spiffe_id", spiffeID)
+	}
+
+	// Bind the client ID to the identity for everything mochi keys on it.
+	cl.ID = scopedClientID(spiffeID, clientID)
+	s.online.Store(true)
+	g.sessions.Store(cl, s)
+
+	// A registry change after the lookup above may have been checked by the
+	// watcher before this session was stored, so it would never be applied
+	// to it. If one happened, look again.
+	select {
+	case <-watch:
+		if !g.refresh(s) {
+			g.sessions.Delete(cl)
+			return refuse("device changed during CONNECT", "spiffe_id", spiffeID)
+		}
+	default:
+	}
+	return nil
+}
+
+// OnConnectAuthenticate accepts exactly the clients OnConnect accepted.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	return h.g.session(cl) != nil
+}
+
+// OnSessionEstablish runs before mochi lets cl inherit the session held
+// under its scoped client ID and resends that session's queued messages
+// without any read check. Those are pruned here to what the identity may
+// subscribe to and receive now, policy and registry as they are at this
+// CONNECT. Another identity's session is never found: the ID is scoped.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	g := h.g
+	s := g.session(cl)
+	if s == nil {
+		return
+	}
+	// A will delayed by the session's previous connection: a resumed
+	// session cancels it [MQTT-3.1.3-9]; a clean start ends the session,
+	// which sends it now.
+	if pk.Connect.Clean {
+		g.wills.fireNow(cl.ID)
+	} else {
+		g.wills.cancel(cl.ID)
+	}
+
+	old, ok := g.server.Clients.Get(cl.ID)
+	if !ok || old == cl {
+		return
+	}
+	// From here on the old client decides nothing but its will: a delivery
+	// still racing to it is denied, so nothing unchecked is queued behind
+	// the pruning below. Its state goes when its connection has ended.
+	if os := g.session(old); os != nil {
+		os.resumed.Store(!pk.Connect.Clean)
+		os.replaced.Store(true)
+		if !os.online.Load() {
+			g.sessions.Delete(old)
+		}
+	}
+	if pk.Connect.Clean {
+		return // mochi discards the old session
+	}
+
+	for filter, sub := range old.State.Subscriptions.GetAll() {
+		if g.allowSubscribe(s, filter, sub.Qos) {
+			continue
+		}
+		old.State.Subscriptions.Delete(filter)
+		if g.server.Topics.Unsubscribe(filter, old.ID) {
+			atomic.AddInt64(&g.server.Info.Subscriptions, -1)
+		}
+	}
+	for _, m := range old.State.Inflight.GetAll(false) {
+		// Only outgoing PUBLISHes carry messages; PUBREC/PUBREL entries are
+		// acknowledgements of exchanges already decided.
+		if m.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		// A message queued with an outbound topic alias has lost its topic
+		// name; the alias means nothing on the new connection, so it goes.
+		if isTopicName(m.TopicName) && g.decide(s, policy.ActionReceive, m.TopicName, "", 0, false, false, 0) {
+			continue
+		}
+		if old.State.Inflight.Delete(m.PacketID) {
+			atomic.AddInt64(&g.server.Info.Inflight, -1)
+		}
+	}
+}
+
+// OnDisconnect forgets the state of a session mochi forgets too (or that a
+// new connection took over), and keeps that of a persistent session, whose
+// queued deliveries are still decided.
+func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	s := h.g.session(cl)
+	if s == nil {
+		return
+	}
+	// online is cleared before replaced is read, and OnSessionEstablish
+	// sets replaced before it reads online: one of the two deletes.
+	s.online.Store(false)
+	if expire || s.replaced.Load() || cl.IsTakenOver() {
+		h.g.sessions.Delete(cl)
+	}
+}
+
+// OnClientExpired forgets an expired persistent session.
+func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	h.g.sessions.Delete(cl)
+}
+
+// OnSubscribe decides every filter of a SUBSCRIBE and records the decisions
+// for OnACLCheck, which mochi calls per filter to get its reason code.
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	s := h.g.session(cl)
+	if s == nil {
+		return pk // no session: OnACLCheck denies every filter
+	}
+	ds := make([]filterDecision, len(pk.Filters))
+	for i, sub := range pk.Filters {
+		ds[i] = filterDecision{filter: sub.Filter, allow: h.g.allowSubscribe(s, sub.Filter, sub.Qos)}
+	}
+	s.pending.Store(&ds)
+	return pk
+}
+
+// OnSubscribed ends the SUBSCRIBE: mochi has asked about every filter.
+// Retained messages are delivered after this, each decided as a receive.
+func (h *hook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) {
+	if s := h.g.session(cl); s != nil {
+		s.pending.Store(nil)
+	}
+}
+
+// allowSubscribe decides a subscription to filter; a $share subscription is
+// decided on its inner filter.
+func (g *Gateway) allowSubscribe(s *session, filter string, qos byte) bool {
+	inner, ok := subscribeFilter(filter)
+	if !ok {
+		g.deny(s, policy.ActionSubscribe, "filter", filter, "malformed, shared without a filter, or a server filter")
+		return false
+	}
+	return g.decide(s, policy.ActionSubscribe, "", inner, qos, false, false, 0)
+}
+
+// OnACLCheck is mochi's check for three different things, told apart here.
+//
+// write=true comes only from mochi's processPublish, before the topic alias
+// is resolved (an alias-only PUBLISH has an empty topic here). It answers
+// only whether the client has a live session; the decision is OnPublish's,
+// which mochi calls next on every PUBLISH it has not dropped, with the
+// resolved topic, QoS, retain flag and payload, and before anything is
+// retained or delivered. An inline client skips this check but not
+// OnPublish, which refuses any client that is not ours.
+//
+// write=false is either a SUBSCRIBE filter (from processSubscribe, on the
+// client's own goroutine, between OnSubscribe and OnSubscribed) or a
+// delivery (retained or live, to this client, from any goroutine). A filter
+// recorded by OnSubscribe for the SUBSCRIBE in progress gets its recorded
+// decision; anything else is a delivery and gets a receive decision.
+//
+// A delivery can race with the SUBSCRIBE, and the two look the same only
+// when the string is both a recorded filter and a topic name (a filter with
+// no wildcard and no '$'): a topic name never has a wildcard, and no topic
+// devices may receive starts with '$'. For those strings the answer is the
+// subscribe decision AND the receive decision, so it is never more than
+// either of them: a racing delivery gets no more than a receive decision
+// would give, and a wildcard-free subscription is granted only when its one
+// topic may also be received.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	g := h.g
+	s := g.session(cl)
+	if s == nil || s.revoked.Load() || s.replaced.Load() {
+		return false
+	}
+	if write {
+		return true
+	}
+	if p := s.pending.Load(); p != nil {
+		for i := range *p {
+			if d := &(*p)[i]; d.filter == topic {
+				if !d.allow || !isTopicName(topic) {
+					return d.allow
+				}
+				return g.decide(s, policy.ActionReceive, topic, "", 0, false, false, 0)
+			}
+		}
+	}
+	if !isTopicName(topic) {
+		return false
+	}
+	// mochi passes only the topic here, so qos, retain and payload_size of
+	// a receive input are 0.
+	return g.decide(s, policy.ActionReceive, topic, "", 0, false, false, 0)
+}
+
+// OnPublish decides every PUBLISH on its resolved topic. A denial is
+// answered the way MQTT allows: QoS 0 is dropped; MQTT 5 QoS 1 and 2 get
+// PUBACK or PUBREC 0x87; MQTT 3.1.1 has no negative acknowledgement, so the
+// client is disconnected, as mochi does on its own ACL path.
+//
+// Only ErrRejectPacket is returned on a denial: it is the one error after
+// which mochi neither acknowledges nor publishes. Any other error would be
+// logged and the message published all the same (or, for MQTT 5 QoS 2,
+// answered with a PUBACK).
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	g := h.g
+	if cl == g.wills.client {
+		return pk, nil // a delayed will, decided when its timer fired
+	}
+	s := g.session(cl)
+	if s != nil && !s.revoked.Load() && !s.replaced.Load() {
+		if !isTopicName(pk.TopicName) {
+			g.deny(s, policy.ActionPublish, "topic", pk.TopicName, "not a topic devices may use")
+		} else if g.decide(s, policy.ActionPublish, pk.TopicName, "", pk.FixedHeader.Qos, pk.FixedHeader.Retain, false, len(pk.Payload)) {
+			return pk, nil
+		}
+	}
+	switch {
+	case pk.FixedHeader.Qos == 0 || cl.Net.Inline:
+	case cl.Properties.ProtocolVersion < 5:
+		cl.Stop(packets.ErrNotAuthorized)
+	default:
+		ack := packets.Puback
+		if pk.FixedHeader.Qos == 2 {
+			ack = packets.Pubrec
+		}
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: ack},
+			PacketID:    pk.PacketID,
+			ReasonCode:  packets.ErrNotAuthorized.Code,
+			Properties:  packets.Properties{ReasonString: packets.ErrNotAuthorized.Reason},
+		})
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// OnWill decides the Last Will when mochi is about to send it: mochi itself
+// checks no ACL for wills. A denied will is replaced by an empty one (no
+// topic, no payload, no retain), which mochi publishes to nobody: returning
+// an error would make mochi send the original.
+//
+// A will with a delay is sent by the gateway itself (see delayedWills): mochi
+// would publish it later unchecked, so mochi only gets the empty one.
+func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	g := h.g
+	s := g.session(cl)
+	if s == nil {
+		return mqtt.Will{}, nil
+	}
+	if will.WillDelayInterval > 0 {
+		// MQTT 5 3.1.3.2.2: sent when the delay is over or the session
+		// ends, whichever comes first; not at all once a new connection
+		// continues the session.
+		delay := min(will.WillDelayInterval, cl.Properties.Props.SessionExpiryInterval)
+		if s.replaced.Load() {
+			if s.resumed.Load() {
+				return mqtt.Will{}, nil
+			}
+			delay = 0
+		}
+		g.wills.schedule(cl.ID, s, will, delay)
+		return mqtt.Will{}, nil
+	}
+	if !g.allowWill(s, will) {
+		return mqtt.Will{}, nil
+	}
+	return will, nil
+}
+
+// allowWill decides a will as a publish with will=true.
+func (g *Gateway) allowWill(s *session, w mqtt.Will) bool {
+	if !isTopicName(w.TopicName) {
+		g.deny(s, policy.ActionPublish, "topic", w.TopicName, "will topic is not a topic devices may use")
+		return false
+	}
+	return g.decide(s, policy.ActionPublish, w.TopicName, "", w.Qos, w.Retain, true, len(w.Payload))
+}

@@ -1,0 +1,139 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// listener is the broker's one listener: TCP with mutual TLS. It replaces
+// mochi's own TCP listener to
+//   - complete the TLS handshake before mochi sees the connection, so a
+//     peer without a valid client certificate never reaches MQTT and its
+//     refusal is logged as such;
+//   - bound the handshake plus CONNECT with a deadline (mochi sets none
+//     before CONNECT);
+//   - keep accepting through transient errors (mochi's stops at the first);
+//   - count its connections itself, before each one starts, so that Close
+//     waits for them without racing mochi's own WaitGroup (mochi adds to it
+//     inside the connection's goroutine).
+type listener struct {
+	id      string
+	tcp     net.Listener
+	tls     *tls.Config
+	timeout time.Duration
+	log     *slog.Logger
+
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+var _ listeners.Listener = (*listener)(nil)
+
+func newListener(id string, tcp net.Listener, cfg *tls.Config, timeout time.Duration) *listener {
+	return &listener{id: id, tcp: tcp, tls: cfg, timeout: timeout, conns: make(map[net.Conn]struct{})}
+}
+
+func (l *listener) ID() string       { return l.id }
+func (l *listener) Address() string  { return l.tcp.Addr().String() }
+func (l *listener) Protocol() string { return "tcp+mtls" }
+
+func (l *listener) Init(log *slog.Logger) error {
+	l.log = log
+	return nil
+}
+
+// Serve accepts connections until Close.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	var backoff time.Duration
+	for {
+		c, err := l.tcp.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait and retry, as
+			// net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Warn("gateway: accept failed; retrying", "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if !l.track(c) {
+			_ = c.Close()
+			return
+		}
+		go func() {
+			defer l.wg.Done()
+			defer l.untrack(c)
+			l.serveConn(c, establish)
+		}()
+	}
+}
+
+func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
+	// mochi replaces this deadline with one derived from the keepalive once
+	// CONNECT is accepted.
+	if err := c.SetDeadline(time.Now().Add(l.timeout)); err != nil {
+		_ = c.Close()
+		return
+	}
+	tc := tls.Server(c, l.tls)
+	if err := tc.HandshakeContext(context.Background()); err != nil {
+		l.log.Info("gateway: TLS handshake refused", "remote_addr", c.RemoteAddr().String(), "err", err)
+		_ = tc.Close()
+		return
+	}
+	if err := establish(l.id, tc); err != nil && !errors.Is(err, errConnectRefused) {
+		l.log.Debug("gateway: connection ended", "remote_addr", c.RemoteAddr().String(), "err", err)
+	}
+}
+
+// track registers a new connection; false once the listener is closed.
+func (l *listener) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.conns[c] = struct{}{}
+	l.wg.Add(1)
+	return true
+}
+
+func (l *listener) untrack(c net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.conns, c)
+}
+
+// Close stops accepting, lets mochi disconnect its clients (closeClients
+// sends them DISCONNECT), closes every connection still open (those not yet
+// past CONNECT among them) and waits until all have been handled.
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	l.mu.Unlock()
+
+	_ = l.tcp.Close()
+	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+}
