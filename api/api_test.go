@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,13 +52,16 @@ func TestAdminDeviceLifecycle(t *testing.T) {
 		t.Fatalf("spiffe_id %q", d.SPIFFEID)
 	}
 
-	// List: sorted by name, the fixtures included.
+	// List: sorted by name, the fixtures included, on one page.
 	r = e.do(e.admin, http.MethodGet, "/v1/devices", "", nil)
-	var list []Device
+	var list DeviceList
 	r.json(t, &list)
 	var names []string
-	for _, d := range list {
+	for _, d := range list.Devices {
 		names = append(names, d.Name)
+	}
+	if list.Next != "" {
+		t.Fatalf("next %q on the only page", list.Next)
 	}
 	if want := []string{"admin-dev", "ctl-1", "sensor-0", "sensor-1"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("list names %v, want %v", names, want)
@@ -152,31 +156,50 @@ func TestAcknowledgedWritesAreDurable(t *testing.T) {
 	}
 }
 
-// Every route but /healthz is an admin action: an enrolled device without
-// the admin role and an unenrolled identity are refused on each, while the
+// adminRequest is a well-formed request for an admin route, acting on
+// device name where the route takes one.
+func adminRequest(t *testing.T, rt route, name string) (path, contentType string, body []byte) {
+	t.Helper()
+	path = strings.ReplaceAll(rt.path, "{name}", name)
+	switch rt.pattern() {
+	case "POST /v1/devices":
+		return path, "application/json", []byte(`{"name":"` + name + `"}`)
+	case "POST /v1/devices/{name}/svid":
+		_, csrPEM := newCSR(t, nil)
+		return path, "application/x-pem-file", csrPEM
+	case "POST /v1/devices/import":
+		return path, "application/json", []byte(`{"devices":[{"name":"` + name + `-imported"}]}`)
+	case "POST /v1/tokens":
+		return path, "application/json", []byte(`{"name":"` + name + `-token"}`)
+	case "PUT /v1/policy/modules/{name}":
+		return "/v1/policy/modules/extra.rego", "text/plain", []byte("package ztgate.extra\n\nhello := true\n")
+	case "POST /v1/policy/eval":
+		return path, "application/json", []byte(`{"action":"admin"}`)
+	}
+	return path, "", nil
+}
+
+// Every admin route is decided by policy: an enrolled device without the
+// admin role and an unenrolled identity are refused on each, while the
 // admin (the positive control) is not.
 func TestNonAdminIdentitiesForbiddenOnEveryAdminRoute(t *testing.T) {
-	e := newEnv(t)
+	var dir string
+	e := newEnv(t, withPolicyDir(t, &dir))
 	e.createDevice("target", nil)
-	_, csrPEM := newCSR(t, nil)
+	rev := e.engine.Status().Revision
 
 	for _, rt := range routes {
-		if rt.public {
+		if rt.access != adminAccess {
 			continue
-		}
-		path := strings.ReplaceAll(rt.path, "{name}", "target")
-		var body []byte
-		ct := ""
-		switch {
-		case rt.pattern() == "POST /v1/devices":
-			body, ct = []byte(`{"name":"intruder"}`), "application/json"
-		case strings.HasSuffix(rt.path, "/svid"):
-			body, ct = csrPEM, "application/x-pem-file"
 		}
 		for _, who := range []struct {
 			name string
 			c    *http.Client
 		}{{"device", e.device}, {"unenrolled", e.stranger}} {
+			path, ct, body := adminRequest(t, rt, "intruder")
+			if strings.Contains(rt.path, "{name}") && !strings.HasPrefix(rt.path, "/v1/policy") {
+				path, ct, body = adminRequest(t, rt, "target")
+			}
 			r := e.do(who.c, rt.method, path, ct, body)
 			if r.status != http.StatusForbidden {
 				t.Errorf("%s %s as %s: %d %s, want 403", rt.method, path, who.name, r.status, r.body)
@@ -186,25 +209,29 @@ func TestNonAdminIdentitiesForbiddenOnEveryAdminRoute(t *testing.T) {
 		}
 	}
 	// Nothing the refused requests asked for happened.
-	if _, err := e.reg.Get("intruder"); err == nil {
-		t.Fatal("a refused create enrolled a device")
+	for _, name := range []string{"intruder", "intruder-imported", "intruder-token"} {
+		if _, err := e.reg.Get(name); err == nil {
+			t.Fatalf("a refused request enrolled %s", name)
+		}
 	}
 	if d, _ := e.reg.Get("target"); d.Status != registry.StatusActive {
 		t.Fatalf("a refused request changed target to %s", d.Status)
 	}
+	if got := e.engine.Status().Revision; got != rev {
+		t.Fatal("a refused request changed the policy")
+	}
 
 	// Positive control, in an order that leaves every route meaningful.
 	for _, rt := range routes {
-		path := strings.ReplaceAll(rt.path, "{name}", "target")
-		var body []byte
-		ct := ""
+		if rt.access != adminAccess {
+			continue
+		}
+		path, ct, body := adminRequest(t, rt, "allowed")
 		switch {
-		case rt.pattern() == "POST /v1/devices":
-			body, ct = []byte(`{"name":"allowed"}`), "application/json"
-		case strings.HasSuffix(rt.path, "/svid"):
-			body, ct = csrPEM, "application/x-pem-file"
 		case strings.HasSuffix(rt.path, "/revoke"):
 			path = "/v1/devices/allowed/revoke"
+		case strings.Contains(rt.path, "{name}") && !strings.HasPrefix(rt.path, "/v1/policy"):
+			path, ct, body = adminRequest(t, rt, "target")
 		}
 		if r := e.do(e.admin, rt.method, path, ct, body); r.status/100 != 2 {
 			t.Errorf("%s %s as admin: %d %s, want 2xx", rt.method, path, r.status, r.body)
@@ -226,7 +253,7 @@ func TestAdminLosesAccessWhenNotActive(t *testing.T) {
 	}
 }
 
-func TestTransportRefusesClientsWithoutAValidSVID(t *testing.T) {
+func TestTransportRefusesInvalidClientCertificates(t *testing.T) {
 	e := newEnv(t)
 
 	otherTD := spiffeid.RequireTrustDomainFromString("other.org")
@@ -242,17 +269,27 @@ func TestTransportRefusesClientsWithoutAValidSVID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	cases := []struct {
-		name string
-		cert *tls.Certificate
-	}{
-		{"no client certificate", nil},
-		{"SVID of a trust domain we do not serve", &foreign},
+	rogueCA, err := identity.LoadOrCreateCA(t.TempDir(), td) // our trust domain's name, another key
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			c := newHTTPClient(t, clientTLS(e.ca, tc.cert))
+	roguePEM, rogueKey, err := rogueCA.IssueSVID(spiffeid.RequireFromPath(td, "/admin/dev"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue, err := tls.X509KeyPair(roguePEM, rogueKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A certificate that is presented must verify, even on the routes
+	// that need none: a bad one fails the handshake, it is not ignored.
+	for name, cert := range map[string]*tls.Certificate{
+		"SVID of a trust domain we do not serve": &foreign,
+		"SVID of a CA we do not trust":           &rogue,
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := newHTTPClient(t, presenting(e.ca, cert))
 			for _, path := range []string{"/healthz", "/v1/devices"} {
 				r, err := e.try(c, http.MethodGet, path, "", nil, nil)
 				if err == nil {
@@ -261,9 +298,69 @@ func TestTransportRefusesClientsWithoutAValidSVID(t *testing.T) {
 			}
 		})
 	}
-	// Positive control: the same client config with a trusted SVID gets through.
-	if r := e.do(e.admin, http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
+	// Positive controls: the same client config with a trusted SVID, and
+	// no certificate at all on a route that needs none.
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusOK {
 		t.Fatalf("control: %d", r.status)
+	}
+	if r := e.do(e.anon, http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
+		t.Fatalf("anonymous healthz: %d", r.status)
+	}
+}
+
+// presenting is clientTLS that presents cert whatever the server asks for,
+// so the server's verification is what is tested.
+func presenting(ca *identity.CA, cert *tls.Certificate) *tls.Config {
+	c := clientTLS(ca, nil)
+	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	return c
+}
+
+// Without a client certificate only the public routes answer; every other
+// route is a 401, before any policy decision.
+func TestAnonymousCallers(t *testing.T) {
+	var decisions atomic.Int32
+	e := newEnv(t, func(c *Config) {
+		next := c.Decider
+		c.Decider = policy.DeciderFunc(func(ctx context.Context, in *policy.Input) policy.Decision {
+			decisions.Add(1)
+			return next.Decide(ctx, in)
+		})
+	})
+	for _, rt := range routes {
+		path, ct, body := adminRequest(t, rt, "sensor-0")
+		if rt.pattern() == "POST /v1/svid/renew" {
+			_, csrPEM := newCSR(t, nil)
+			ct, body = "application/x-pem-file", csrPEM
+		}
+		if rt.pattern() == "POST /v1/enroll" {
+			ct, body = "application/json", []byte(`{"token":"ztb_nope","csr":""}`)
+		}
+		r := e.do(e.anon, rt.method, path, ct, body)
+		switch {
+		case rt.access != publicAccess:
+			if r.status != http.StatusUnauthorized {
+				t.Errorf("%s %s without a certificate: %d %s, want 401", rt.method, path, r.status, r.body)
+				continue
+			}
+			r.errorMessage(t)
+		case rt.path == "/v1/enroll":
+			// Reached the handler: a bad request, not a transport error.
+			if r.status != http.StatusBadRequest {
+				t.Errorf("enroll without a certificate: %d %s, want 400 (CSR)", r.status, r.body)
+			}
+		default:
+			if r.status != http.StatusOK {
+				t.Errorf("%s %s without a certificate: %d %s, want 200", rt.method, path, r.status, r.body)
+			}
+		}
+	}
+	if n := decisions.Load(); n != 0 {
+		t.Fatalf("%d policy decisions for anonymous callers, want none", n)
+	}
+	// Control: the admin gets through, through the policy.
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusOK || decisions.Load() != 1 {
+		t.Fatalf("control: %d, %d decisions", r.status, decisions.Load())
 	}
 }
 
@@ -734,6 +831,8 @@ func TestNewValidatesConfig(t *testing.T) {
 		"negative ttl": func(c *Config) {
 			c.SVIDTTL = -time.Second
 		},
+		"negative enroll rate":  func(c *Config) { c.EnrollRate = -1 },
+		"negative enroll burst": func(c *Config) { c.EnrollBurst = -1 },
 	}
 	for name, mut := range cases {
 		c := full
@@ -768,11 +867,24 @@ func TestWireTypesMatchSpecFields(t *testing.T) {
 	spec := loadSpec(t)
 	types := map[string]any{
 		"Device":              Device{},
+		"DeviceList":          DeviceList{},
 		"CreateDeviceRequest": CreateDeviceRequest{},
+		"ImportRequest":       ImportRequest{},
+		"ImportDevice":        ImportDevice{},
+		"ImportResponse":      ImportResponse{},
+		"ImportResult":        ImportResult{},
 		"SVIDRequest":         SVIDRequest{},
 		"SVIDResponse":        SVIDResponse{},
+		"TokenRequest":        TokenRequest{},
+		"TokenResponse":       TokenResponse{},
+		"EnrollRequest":       EnrollRequest{},
+		"AuditEntry":          AuditEntry{},
+		"AuditList":           AuditList{},
+		"PolicyStatus":        PolicyStatus{},
+		"EvalResponse":        EvalResponse{},
 		"Session":             Session{},
 		"Health":              Health{},
+		"Readiness":           Readiness{},
 		"Error":               ErrorResponse{},
 	}
 	for name, v := range types {

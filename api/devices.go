@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"strings"
 	"time"
 
@@ -49,10 +48,44 @@ type SVIDResponse struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-// Health is the answer of GET /healthz.
-type Health struct {
-	Status string `json:"status"`
+// DeviceList is the answer of GET /v1/devices: one page, sorted by name.
+type DeviceList struct {
+	Devices []Device `json:"devices"`
+	// Next is the after value of the next page, "" when this is the last.
+	Next string `json:"next"`
 }
+
+// ImportRequest is the body of POST /v1/devices/import.
+type ImportRequest struct {
+	Devices []ImportDevice `json:"devices"`
+}
+
+// ImportDevice is one row of an import. SPIFFEID defaults to
+// spiffe://TD/device/NAME and Status to active.
+type ImportDevice struct {
+	Name     string            `json:"name"`
+	SPIFFEID string            `json:"spiffe_id,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Status   string            `json:"status,omitempty"`
+}
+
+// ImportResponse is the answer of POST /v1/devices/import: one result per
+// row, in the order of the rows.
+type ImportResponse struct {
+	Results []ImportResult `json:"results"`
+}
+
+// ImportResult is the outcome of one row.
+type ImportResult struct {
+	Row    int    `json:"row"` // index of the row in the request
+	Name   string `json:"name"`
+	Result string `json:"result"` // created | unchanged | error
+	Error  string `json:"error,omitempty"`
+}
+
+// maxImportRows bounds the rows of one import request; larger files are
+// sent in several.
+const maxImportRows = 1000
 
 func deviceOf(d *registry.Device) Device {
 	labels := d.Labels
@@ -79,6 +112,7 @@ func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, "validate name", err)
 		return
 	}
+	stateOf(r).target = req.Name
 	id, err := s.deviceSPIFFEID(req.Name, req.SPIFFEID)
 	if err != nil {
 		s.fail(w, "spiffe id", err)
@@ -89,7 +123,7 @@ func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {
 		SPIFFEID: id.String(),
 		Labels:   req.Labels,
 		Status:   registry.StatusActive,
-	})
+	}, s.writeOpts(r)...)
 	if err != nil {
 		s.fail(w, "create device", err)
 		return
@@ -128,17 +162,91 @@ func (s *Server) deviceSPIFFEID(name, given string) (spiffeid.ID, error) {
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
-	ds, err := s.cfg.Registry.List()
+	q, err := queryParams(r, "selector", "status", "after", "limit")
+	if err != nil {
+		s.fail(w, "device query", err)
+		return
+	}
+	sel, err := registry.ParseSelector(q["selector"])
+	if err != nil {
+		s.fail(w, "device query", err)
+		return
+	}
+	limit, err := parseLimit(q["limit"])
+	if err != nil {
+		s.fail(w, "device query", err)
+		return
+	}
+	ds, next, err := s.cfg.Registry.ListDevices(registry.Query{
+		Selector: sel,
+		Status:   registry.Status(q["status"]),
+		After:    q["after"],
+		Limit:    limit,
+	})
 	if err != nil {
 		s.fail(w, "list devices", err)
 		return
 	}
-	out := make([]Device, 0, len(ds))
+	out := DeviceList{Devices: make([]Device, 0, len(ds)), Next: next}
 	for _, d := range ds {
-		out = append(out, deviceOf(d))
+		out.Devices = append(out.Devices, deviceOf(d))
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) importDevices(w http.ResponseWriter, r *http.Request) {
+	var req ImportRequest
+	if err := decodeJSON(r, &req); err != nil {
+		s.fail(w, "decode import", err)
+		return
+	}
+	if len(req.Devices) > maxImportRows {
+		s.fail(w, "import", badRequest("%d rows; at most %d per request", len(req.Devices), maxImportRows))
+		return
+	}
+	// Rows the API refuses itself (a SPIFFE ID it would not enroll) are
+	// reported without reaching the registry; the others are imported
+	// together and their results put back in row order.
+	results := make([]ImportResult, len(req.Devices))
+	rows := make([]registry.Device, 0, len(req.Devices))
+	rowOf := make([]int, 0, len(req.Devices))
+	for i, d := range req.Devices {
+		results[i] = ImportResult{Row: i, Name: d.Name}
+		if err := registry.ValidateName(d.Name); err != nil {
+			results[i].Result, results[i].Error = registry.ImportError, err.Error()
+			continue
+		}
+		id, err := s.deviceSPIFFEID(d.Name, d.SPIFFEID)
+		if err != nil {
+			results[i].Result, results[i].Error = registry.ImportError, err.Error()
+			continue
+		}
+		rows = append(rows, registry.Device{Name: d.Name, SPIFFEID: id.String(), Labels: d.Labels, Status: registry.Status(d.Status)})
+		rowOf = append(rowOf, i)
+	}
+	res, err := s.cfg.Registry.Import(rows, stateOf(r).peer, registry.WithDetail("remote "+r.RemoteAddr))
+	if err != nil {
+		// The batches before the failure are durable; importing again is
+		// safe, since rows already created come back unchanged.
+		s.fail(w, "import", err)
+		return
+	}
+	for _, rr := range res {
+		if rr.Row < 0 || rr.Row >= len(rowOf) {
+			s.internalError(w, "import", fmt.Errorf("registry result for row %d of %d", rr.Row, len(rowOf)))
+			return
+		}
+		i := rowOf[rr.Row]
+		results[i] = ImportResult{Row: i, Name: rr.Name, Result: rr.Result, Error: rr.Error}
+	}
+	counts := map[string]int{}
+	for _, res := range results {
+		counts[res.Result]++
+	}
+	_ = s.record(r, registry.AuditEntry{Action: actionImport, Target: "devices", Result: registry.ResultOK,
+		Detail: fmt.Sprintf("%d rows: %d created, %d unchanged, %d refused", len(results),
+			counts[registry.ImportCreated], counts[registry.ImportUnchanged], counts[registry.ImportError])})
+	writeJSON(w, http.StatusOK, ImportResponse{Results: results})
 }
 
 // pathName returns the validated {name} of the request's path.
@@ -182,7 +290,8 @@ func (s *Server) setStatus(w http.ResponseWriter, r *http.Request, st registry.S
 		s.fail(w, "device name", err)
 		return
 	}
-	d, err := s.cfg.Registry.SetStatus(name, st)
+	stateOf(r).target = name
+	d, err := s.cfg.Registry.SetStatus(name, st, s.writeOpts(r)...)
 	if err != nil {
 		s.fail(w, "set device status", err)
 		return
@@ -197,6 +306,7 @@ func (s *Server) signSVID(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, "device name", err)
 		return
 	}
+	stateOf(r).target = name
 	csrPEM, err := readCSR(r)
 	if err != nil {
 		s.fail(w, "read csr", err)
@@ -211,12 +321,40 @@ func (s *Server) signSVID(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, fmt.Sprintf("device %q is %s; only an active device gets an SVID", name, d.Status))
 		return
 	}
+	s.issueSVID(w, r, svidIssue{
+		action: actionSVIDIssue,
+		device: d,
+		csrPEM: csrPEM,
+		// The device may have been suspended or revoked while we signed;
+		// the gateway would refuse the SVID anyway, but do not hand it out.
+		changed: func(w http.ResponseWriter) {
+			writeError(w, http.StatusConflict, fmt.Sprintf("device %q changed while its SVID was signed; retry", name))
+		},
+	})
+}
+
+// svidIssue is one SVID to sign for a device.
+type svidIssue struct {
+	action string // audit action
+	actor  string // audit actor; "" is the caller
+	device *registry.Device
+	csrPEM []byte
+	// changed answers when the device is no longer active once the SVID
+	// is signed.
+	changed func(w http.ResponseWriter)
+}
+
+// issueSVID signs the CSR for the device's SPIFFE ID, checks that the device
+// is still active, records the issue in the audit log and only then answers
+// with the SVID: an SVID whose entry could not be written is not handed out.
+func (s *Server) issueSVID(w http.ResponseWriter, r *http.Request, is svidIssue) {
+	d := is.device
 	id, err := spiffeid.FromString(d.SPIFFEID)
 	if err != nil {
 		s.fail(w, "stored spiffe id", err) // the registry holds only valid IDs
 		return
 	}
-	chain, err := s.cfg.CA.SignCSR(csrPEM, id, s.cfg.SVIDTTL)
+	chain, err := s.cfg.CA.SignCSR(is.csrPEM, id, s.cfg.SVIDTTL)
 	if errors.Is(err, identity.ErrInvalidCSR) {
 		writeError(w, http.StatusBadRequest, "CSR refused: "+err.Error())
 		return
@@ -230,18 +368,22 @@ func (s *Server) signSVID(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, "parse signed svid", err)
 		return
 	}
-	// The device may have been suspended or revoked while we signed; the
-	// gateway would refuse the SVID anyway, but do not hand it out.
-	if cur, err := s.cfg.Registry.Get(name); err != nil || cur.Status != registry.StatusActive {
+	if cur, err := s.cfg.Registry.Get(d.Name); err != nil || cur.Status != registry.StatusActive || cur.SPIFFEID != d.SPIFFEID {
 		if err != nil && !errors.Is(err, registry.ErrNotFound) {
 			s.fail(w, "recheck device", err)
 			return
 		}
-		writeError(w, http.StatusConflict, fmt.Sprintf("device %q changed while its SVID was signed; retry", name))
+		is.changed(w)
+		return
+	}
+	if err := s.record(r, registry.AuditEntry{Actor: is.actor, Action: is.action, Target: d.Name, Result: registry.ResultOK,
+		Detail: fmt.Sprintf("%s, serial %x, expires %s", id, leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.RFC3339))}); err != nil {
+		s.internalError(w, "audit svid", err)
 		return
 	}
 	s.metrics.svids.Inc()
-	s.log.Info("api: svid issued", "device", name, "spiffe_id", id.String(), "expires_at", leaf.NotAfter)
+	s.log.Info("api: svid issued", "device", d.Name, "spiffe_id", id.String(), "action", is.action,
+		"expires_at", leaf.NotAfter)
 	writeJSON(w, http.StatusOK, SVIDResponse{
 		SVIDPEM:   string(chain),
 		BundlePEM: string(s.cfg.CA.BundlePEM()),
@@ -275,6 +417,12 @@ func readCSR(r *http.Request) ([]byte, error) {
 	default:
 		return nil, unsupportedMediaType("application/x-pem-file", "application/json")
 	}
+	return parseCSRPEM(csrPEM)
+}
+
+// parseCSRPEM checks that csrPEM is exactly one PEM CSR that parses and is
+// signed by its own key, and returns it.
+func parseCSRPEM(csrPEM []byte) ([]byte, error) {
 	block, rest := pem.Decode(csrPEM)
 	if block == nil {
 		return nil, badRequest("CSR is not PEM")
@@ -314,10 +462,6 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, Health{Status: "ok"})
-}
-
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	s.metricsH.ServeHTTP(w, r)
 }
@@ -332,8 +476,9 @@ func (s *Server) fail(w http.ResponseWriter, op string, err error) {
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
-	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrRevoked):
-		// ErrRevoked: revocation is final.
+	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrRevoked), errors.Is(err, registry.ErrPending):
+		// ErrRevoked: revocation is final. ErrPending: a pending device
+		// becomes active only by redeeming its token.
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, registry.ErrInvalidName), errors.Is(err, registry.ErrInvalid):
 		writeError(w, http.StatusBadRequest, err.Error())

@@ -11,15 +11,20 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
 
 	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/identity"
@@ -32,17 +37,20 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 // env is a running API server over real mTLS on 127.0.0.1, with a real CA,
 // registry and policy decision, and clients holding real SVIDs.
 type env struct {
-	t    *testing.T
-	ca   *identity.CA
-	v    *identity.Verifier
-	reg  *registry.Store
-	srv  *Server
-	base string // https://127.0.0.1:PORT
-	logs *lockedBuffer
+	t      *testing.T
+	ca     *identity.CA
+	v      *identity.Verifier
+	reg    *registry.Store
+	engine *policy.Engine
+	srv    *Server
+	base   string // https://127.0.0.1:PORT
+	logs   *lockedBuffer
+	clock  *testClock // the server's clock (token expiry, rate limits)
 
 	admin    *http.Client // enrolled, role=admin
-	device   *http.Client // enrolled device, no admin role
+	device   *http.Client // enrolled device sensor-0, no admin role
 	stranger *http.Client // valid SVID, not enrolled
+	anon     *http.Client // trusts the CA, presents no certificate
 }
 
 type envOption func(*Config)
@@ -67,14 +75,19 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		t.Fatalf("server cert: %v", err)
 	}
 	logs := &lockedBuffer{}
+	eng := defaultEngine(t)
 	cfg := Config{
 		Addr:     "127.0.0.1:0",
-		TLS:      identity.ServerTLSConfig(cert, v),
+		TLS:      identity.APIServerTLSConfig(cert, v),
 		Registry: reg,
 		CA:       ca,
 		Verifier: v,
-		Decider:  defaultDecider(t),
-		Logger:   slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Decider:  eng,
+		Policy:   eng,
+		// Tests that are about the limit set one; the others would
+		// otherwise trip over it.
+		EnrollRate: rate.Inf,
+		Logger:     slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -83,6 +96,8 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	clock := &testClock{}
+	srv.now = clock.Now // before Start: no request can see the old clock
 	if err := srv.Start(); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
@@ -93,7 +108,11 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	})
 
 	reg = cfg.Registry // an option may bring its own
-	e := &env{t: t, ca: ca, v: v, reg: reg, srv: srv, base: "https://" + srv.Addr().String(), logs: logs}
+	e := &env{t: t, ca: ca, v: v, reg: reg, engine: eng, srv: srv, base: "https://" + srv.Addr().String(),
+		logs: logs, clock: clock}
+	if pe, ok := cfg.Policy.(*policy.Engine); ok {
+		e.engine = pe
+	}
 
 	adminID := spiffeid.RequireFromPath(td, "/admin/dev")
 	if _, err := reg.Create(registry.Device{Name: "admin-dev", SPIFFEID: adminID.String(),
@@ -108,7 +127,72 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	e.admin = e.clientFor(adminID)
 	e.device = e.clientFor(devID)
 	e.stranger = e.clientFor(spiffeid.RequireFromPath(td, "/device/ghost"))
+	e.anon = newHTTPClient(t, clientTLS(ca, nil))
 	return e
+}
+
+// withPolicyDir backs the policy engine with a directory holding the
+// default policy, so modules can be uploaded; it returns the directory.
+func withPolicyDir(t *testing.T, dir *string) envOption {
+	return func(c *Config) {
+		*dir = t.TempDir()
+		entries, err := fs.ReadDir(policies.FS, ".")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, de := range entries {
+			if !strings.HasSuffix(de.Name(), ".rego") {
+				continue
+			}
+			b, err := fs.ReadFile(policies.FS, de.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(*dir, de.Name()), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eng := defaultEngine(t)
+		if err := eng.LoadDir(*dir); err != nil {
+			t.Fatalf("LoadDir: %v", err)
+		}
+		c.Decider, c.Policy = eng, eng
+	}
+}
+
+// testClock is the server's clock in tests: real time moved by an offset,
+// or frozen.
+type testClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+	frozen time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.frozen.IsZero() {
+		return c.frozen
+	}
+	return time.Now().Add(c.offset)
+}
+
+// Advance moves the clock forward by d.
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.frozen.IsZero() {
+		c.frozen = c.frozen.Add(d)
+	}
+	c.offset += d
+}
+
+// Freeze stops the clock at its current time.
+func (c *testClock) Freeze() {
+	now := c.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.frozen = now
 }
 
 // clientTLS is a client config that trusts ca, with cert (if any) as its SVID.
@@ -234,12 +318,13 @@ func (e *env) createDevice(name string, labels map[string]string) Device {
 	return d
 }
 
-// defaultDecider is the decision the API runs with in production: the
+// defaultEngine is the decision the API runs with in production: the
 // default policy through the real engine.
-func defaultDecider(t *testing.T) policy.Decider {
+func defaultEngine(t *testing.T) *policy.Engine {
 	t.Helper()
 	eng, err := policy.NewEngine(policies.FS, policy.Options{
-		Data: map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": td.Name()}}},
+		Logger: slog.New(slog.DiscardHandler),
+		Data:   map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": td.Name()}}},
 	})
 	if err != nil {
 		t.Fatalf("policy engine: %v", err)
@@ -299,4 +384,59 @@ func (b *lockedBuffer) requestLogs(t *testing.T) []map[string]any {
 		}
 	}
 	return out
+}
+
+// createToken mints a bootstrap token for name through the API as admin.
+func (e *env) createToken(name, ttl string, labels map[string]string) TokenResponse {
+	e.t.Helper()
+	r := e.postJSON(e.admin, "/v1/tokens", TokenRequest{Name: name, TTL: ttl, Labels: labels})
+	if r.status != http.StatusCreated {
+		e.t.Fatalf("token for %s: %d %s", name, r.status, r.body)
+	}
+	var tr TokenResponse
+	r.json(e.t, &tr)
+	return tr
+}
+
+// enroll redeems token with a fresh key through c (no client certificate).
+func (e *env) enroll(c *http.Client, token string) (response, *ecdsa.PrivateKey) {
+	e.t.Helper()
+	key, csrPEM := newCSR(e.t, nil)
+	return e.postJSON(c, "/v1/enroll", EnrollRequest{Token: token, CSR: string(csrPEM)}), key
+}
+
+// svidClient returns a client holding the SVID of an SVID response and key.
+func (e *env) svidClient(sv SVIDResponse, key *ecdsa.PrivateKey) *http.Client {
+	e.t.Helper()
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair([]byte(sv.SVIDPEM), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return newHTTPClient(e.t, clientTLS(e.ca, &cert))
+}
+
+// auditEntries returns the whole audit log through the API.
+func (e *env) auditEntries() []AuditEntry {
+	e.t.Helper()
+	var out []AuditEntry
+	var after uint64
+	for range 1000 {
+		r := e.do(e.admin, http.MethodGet, "/v1/audit?limit=1000&after="+strconv.FormatUint(after, 10), "", nil)
+		if r.status != http.StatusOK {
+			e.t.Fatalf("audit: %d %s", r.status, r.body)
+		}
+		var page AuditList
+		r.json(e.t, &page)
+		out = append(out, page.Entries...)
+		if page.Next == 0 {
+			return out
+		}
+		after = page.Next
+	}
+	e.t.Fatal("audit log does not end")
+	return nil
 }

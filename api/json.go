@@ -7,6 +7,10 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
 )
 
 // ErrorResponse is the body of every error response.
@@ -130,4 +134,49 @@ func jsonError(err error) error {
 		// Unknown fields and other decoder complaints are about the input.
 		return badRequest("invalid JSON: %v", err)
 	}
+}
+
+// queryParams returns the request's query parameters, refusing any that is
+// not in allowed or is given twice: a mistyped filter must not silently
+// widen a listing that an operator then acts on.
+func queryParams(r *http.Request, allowed ...string) (map[string]string, error) {
+	vals, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, badRequest("invalid query string: %v", err)
+	}
+	out := make(map[string]string, len(vals))
+	for k, vs := range vals {
+		if !slices.Contains(allowed, k) {
+			return nil, badRequest("unknown query parameter %s (allowed: %s)", clip(k), strings.Join(allowed, ", "))
+		}
+		if len(vs) != 1 {
+			return nil, badRequest("query parameter %s is given %d times", clip(k), len(vs))
+		}
+		out[k] = vs[0]
+	}
+	return out, nil
+}
+
+// parseLimit parses a page size: "" is the default (0), at most maxPage.
+func parseLimit(v string) (int, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxPage {
+		return 0, badRequest("limit %s must be a number from 1 to %d", clip(v), maxPage)
+	}
+	return n, nil
+}
+
+// maxPage is the largest page the registry serves.
+const maxPage = 1000
+
+// clip quotes user input for an error message, cut to a readable length.
+func clip(s string) string {
+	const maxEcho = 80
+	if len(s) > maxEcho {
+		return strconv.Quote(s[:maxEcho]) + "..."
+	}
+	return strconv.Quote(s)
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"net/http"
 	"os"
 	"slices"
@@ -29,6 +30,9 @@ type specDoc struct {
 type specOperation struct {
 	OperationID string                  `yaml:"operationId"`
 	Responses   map[string]specResponse `yaml:"responses"`
+	// Security overrides the document's; an empty list means no client
+	// certificate is needed.
+	Security *[]map[string][]string `yaml:"security"`
 }
 
 type specResponse struct {
@@ -114,15 +118,30 @@ func TestOpenAPIDocumentsExactlyTheRoutes(t *testing.T) {
 
 func TestOpenAPIStructure(t *testing.T) {
 	doc := loadSpec(t)
-	// Mutual TLS is the only security scheme, and it applies everywhere.
+	// Mutual TLS is the only security scheme, and it applies everywhere
+	// but on the public routes, which the spec marks `security: []`.
+	if len(doc.Components.SecuritySchemes) != 1 {
+		t.Fatalf("securitySchemes %+v", doc.Components.SecuritySchemes)
+	}
 	if s, ok := doc.Components.SecuritySchemes["mutualTLS"]; !ok || s.Type != "mutualTLS" {
 		t.Fatalf("securitySchemes %+v", doc.Components.SecuritySchemes)
 	}
 	if len(doc.Security) != 1 || doc.Security[0]["mutualTLS"] == nil {
 		t.Fatalf("top-level security %+v", doc.Security)
 	}
+	access := map[string]access{}
+	for _, rt := range routes {
+		access[rt.pattern()] = rt.access
+	}
 	ids := map[string]bool{}
 	for key, op := range doc.operations(t) {
+		public := op.Security != nil && len(*op.Security) == 0
+		if op.Security != nil && !public {
+			t.Errorf("%s: security %v; only `security: []` may override the document's", key, *op.Security)
+		}
+		if public != (access[key] == publicAccess) {
+			t.Errorf("%s: spec says public=%v, the route table says access %d", key, public, access[key])
+		}
 		if op.OperationID == "" || ids[op.OperationID] {
 			t.Errorf("%s: missing or duplicate operationId %q", key, op.OperationID)
 		}
@@ -203,13 +222,26 @@ func resolves(root *yaml.Node, ref string) bool {
 func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 	doc := loadSpec(t)
 	ops := doc.operations(t)
-	e := newEnv(t)
+	var dir string
+	e := newEnv(t, withPolicyDir(t, &dir), func(c *Config) { c.EnrollRate, c.EnrollBurst = 1, 4 })
+	e.clock.Freeze()
 	e.createDevice("live", nil)
 	e.createDevice("dead", nil)
 	if r := e.do(e.admin, http.MethodPost, "/v1/devices/dead/revoke", "", nil); r.status != http.StatusOK {
 		t.Fatalf("revoke: %d", r.status)
 	}
 	_, csr := newCSR(t, nil)
+	csrJSON := func(token string) string {
+		b, _ := json.Marshal(EnrollRequest{Token: token, CSR: string(csr)})
+		return string(b)
+	}
+	tok := e.createToken("newbie", "1h", nil).Token
+	noDir := newEnv(t)                                        // policy without a directory
+	noPolicy := newEnv(t, func(c *Config) { c.Policy = nil }) // no policy administration
+	closed := newEnv(t)
+	if err := closed.reg.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	cases := []struct {
 		route, path, ct, body string
@@ -233,9 +265,79 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 		{"POST /v1/devices/{name}/resume", "/v1/devices/dead/resume", "", ``, e.admin, 409},
 		{"POST /v1/devices/{name}/suspend", "/v1/devices/dead/suspend", "", ``, e.admin, 409},
 		{"POST /v1/devices/{name}/revoke", "/v1/devices/nope/revoke", "", ``, e.admin, 404},
+		{"GET /v1/devices", "/v1/devices?status=bogus", "", ``, e.admin, 400},
+		{"GET /v1/devices", "/v1/devices", "", ``, e.anon, 401},
+		{"GET /v1/devices", "/v1/devices?selector=role=sensor", "", ``, e.admin, 200},
+		{"POST /v1/devices/import", "/v1/devices/import", "application/json", `{"rows":[]}`, e.admin, 400},
+		{"POST /v1/devices/import", "/v1/devices/import", "text/csv", `name`, e.admin, 415},
+		{"POST /v1/devices/import", "/v1/devices/import", "application/json", `{"devices":[]}`, e.device, 403},
+		{"POST /v1/devices/import", "/v1/devices/import", "application/json", `{"devices":[{"name":"x","labels":{"k":"` + strings.Repeat("v", maxImportBodyBytes) + `"}}]}`, e.admin, 413},
+		{"POST /v1/devices/import", "/v1/devices/import", "application/json", `{"devices":[{"name":"imp"},{"name":"A"}]}`, e.admin, 200},
+		{"POST /v1/tokens", "/v1/tokens", "application/json", `{"name":"live"}`, e.admin, 409},
+		{"POST /v1/tokens", "/v1/tokens", "application/json", `{"name":"t1","ttl":"forever"}`, e.admin, 400},
+		{"POST /v1/tokens", "/v1/tokens", "text/plain", `{"name":"t1"}`, e.admin, 415},
+		{"POST /v1/tokens", "/v1/tokens", "application/json", `{"name":"t1","x":"` + strings.Repeat("x", maxBodyBytes) + `"}`, e.admin, 413},
+		{"POST /v1/tokens", "/v1/tokens", "application/json", `{"name":"t1"}`, e.device, 403},
+		{"POST /v1/tokens", "/v1/tokens", "application/json", `{"name":"t1"}`, e.admin, 201},
+		{"POST /v1/enroll", "/v1/enroll", "application/json", `{"token":"x","csr":"junk"}`, e.anon, 400},
+		{"POST /v1/enroll", "/v1/enroll", "text/plain", `{}`, e.anon, 415},
+		{"POST /v1/enroll", "/v1/enroll", "application/json", `{"token":"` + strings.Repeat("x", maxBodyBytes) + `"}`, e.anon, 413},
+		{"POST /v1/enroll", "/v1/enroll", "application/json", csrJSON("ztb_wrong"), e.anon, 401},
+		{"POST /v1/enroll", "/v1/enroll", "application/json", csrJSON(tok), e.anon, 429}, // the fifth attempt: burst 4, clock frozen
+		{"POST /v1/svid/renew", "/v1/svid/renew", "application/x-pem-file", "junk", e.device, 400},
+		{"POST /v1/svid/renew", "/v1/svid/renew", "text/plain", string(csr), e.device, 415},
+		{"POST /v1/svid/renew", "/v1/svid/renew", "application/x-pem-file", string(csr) + strings.Repeat("#", maxBodyBytes), e.device, 413},
+		{"POST /v1/svid/renew", "/v1/svid/renew", "application/x-pem-file", string(csr), e.anon, 401},
+		{"POST /v1/svid/renew", "/v1/svid/renew", "application/x-pem-file", string(csr), e.stranger, 403},
+		{"POST /v1/svid/renew", "/v1/svid/renew", "application/x-pem-file", string(csr), e.device, 200},
+		{"GET /v1/audit", "/v1/audit?after=-1", "", ``, e.admin, 400},
+		{"GET /v1/audit", "/v1/audit", "", ``, e.device, 403},
+		{"GET /v1/audit", "/v1/audit", "", ``, e.anon, 401},
+		{"GET /v1/audit", "/v1/audit?limit=5", "", ``, e.admin, 200},
+		{"GET /v1/policy", "/v1/policy", "", ``, e.device, 403},
+		{"GET /v1/policy", "/v1/policy", "", ``, e.admin, 200},
+		{"PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.txt", "text/plain", "package x", e.admin, 400},
+		{"PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "application/json", "package x", e.admin, 415},
+		{"PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "text/plain", "package x\n" + strings.Repeat("#", maxModuleBodyBytes), e.admin, 413},
+		{"PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "text/plain", "package x\nallow if {", e.admin, 422},
+		{"PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "text/plain", "package x\n", e.device, 403},
+		{"PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "text/plain", "package x\n", e.admin, 200},
+		{"POST /v1/policy/eval", "/v1/policy/eval", "application/json", `[1]`, e.admin, 400},
+		{"POST /v1/policy/eval", "/v1/policy/eval", "text/plain", `{}`, e.admin, 415},
+		{"POST /v1/policy/eval", "/v1/policy/eval", "application/json", `{"x":"` + strings.Repeat("x", maxBodyBytes) + `"}`, e.admin, 413},
+		{"POST /v1/policy/eval", "/v1/policy/eval", "application/json", `{}`, e.device, 403},
+		{"POST /v1/policy/eval", "/v1/policy/eval", "application/json", `{"action":"admin"}`, e.admin, 200},
 		{"GET /v1/sessions", "/v1/sessions", "", ``, e.device, 403},
 		{"GET /metrics", "/metrics", "", ``, e.device, 403},
 		{"GET /healthz", "/healthz", "", ``, e.device, 200},
+		{"GET /healthz", "/healthz", "", ``, e.anon, 200},
+		{"GET /readyz", "/readyz", "", ``, e.anon, 200},
+	}
+	// Answers that need another server.
+	other := []struct {
+		e                     *env
+		route, path, ct, body string
+		status                int
+	}{
+		{noDir, "PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "text/plain", "package x\n", 409},
+		{noPolicy, "PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "text/plain", "package x\n", 501},
+		{noPolicy, "GET /v1/policy", "/v1/policy", "", "", 501},
+		{noPolicy, "POST /v1/policy/eval", "/v1/policy/eval", "application/json", "{}", 501},
+		{closed, "GET /readyz", "/readyz", "", "", 503},
+	}
+	for _, o := range other {
+		op, ok := ops[o.route]
+		if !ok {
+			t.Errorf("%s not in the spec", o.route)
+			continue
+		}
+		if _, ok := op.Responses[strconv.Itoa(o.status)]; !ok {
+			t.Errorf("%s: the spec does not document %d", o.route, o.status)
+		}
+		method, _, _ := strings.Cut(o.route, " ")
+		if r := o.e.do(o.e.admin, method, o.path, o.ct, []byte(o.body)); r.status != o.status {
+			t.Errorf("%s %s: server answers %d %s, want %d", method, o.path, r.status, r.body, o.status)
+		}
 	}
 	for _, tc := range cases {
 		op, ok := ops[tc.route]
@@ -253,6 +355,29 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 		}
 		if r := e.do(tc.client, method, tc.path, tc.ct, body); r.status != tc.status {
 			t.Errorf("%s %s: server answers %d %s, want %d", method, tc.path, r.status, r.body, tc.status)
+		}
+	}
+}
+
+// The access rules of the route table are in the spec: a route that needs
+// a client SVID documents its 401, one decided by policy its 403, and every
+// route a success.
+func TestOpenAPIDocumentsAccessStatuses(t *testing.T) {
+	ops := loadSpec(t).operations(t)
+	for _, rt := range routes {
+		op := ops[rt.pattern()]
+		success := false
+		for code := range op.Responses {
+			success = success || code[0] == '2'
+		}
+		if !success {
+			t.Errorf("%s documents no success", rt.pattern())
+		}
+		if _, ok := op.Responses["401"]; rt.access != publicAccess && !ok {
+			t.Errorf("%s needs a client SVID but documents no 401", rt.pattern())
+		}
+		if _, ok := op.Responses["403"]; rt.access == adminAccess && !ok {
+			t.Errorf("%s is decided by policy but documents no 403", rt.pattern())
 		}
 	}
 }

@@ -2,32 +2,70 @@ package api
 
 import "net/http"
 
+// access is who may call a route, and how that is established.
+type access int
+
+const (
+	// adminAccess routes need a verified client SVID (401 without one)
+	// and the policy's "admin" decision for it (403 when denied).
+	adminAccess access = iota
+	// selfAccess routes need a verified client SVID but no admin decision:
+	// the caller acts on its own identity only, and the handler checks
+	// that identity's registry entry. A device renewing its SVID is not
+	// an admin.
+	selfAccess
+	// publicAccess routes need no client certificate and no decision:
+	// health probes, and enrollment, where the bootstrap token is the
+	// credential.
+	publicAccess
+)
+
 // route is one entry of the API's route table. The table is the single
 // source of truth for what the server serves: New registers exactly these
 // patterns, and the OpenAPI test compares them with api/openapi.yaml.
 type route struct {
 	method string
 	path   string // ServeMux path pattern; {name} wildcards match OpenAPI templates
-	// public routes are served without a policy decision. Only the health
-	// check is: a load balancer must be able to probe it, and it reveals
-	// nothing. The TLS handshake still requires a verified client SVID.
-	public  bool
+	access access
+	// action names the route in the audit log (denials, failures, and the
+	// entries the handler records itself).
+	action string
+	// maxBody bounds the request body; 0 means maxBodyBytes.
+	maxBody int64
 	handler func(*Server, http.ResponseWriter, *http.Request)
 }
 
 func (rt route) pattern() string { return rt.method + " " + rt.path }
 
+func (rt route) bodyLimit() int64 {
+	if rt.maxBody > 0 {
+		return rt.maxBody
+	}
+	return maxBodyBytes
+}
+
 var routes = []route{
-	{method: http.MethodPost, path: "/v1/devices", handler: (*Server).createDevice},
-	{method: http.MethodGet, path: "/v1/devices", handler: (*Server).listDevices},
-	{method: http.MethodGet, path: "/v1/devices/{name}", handler: (*Server).getDevice},
-	{method: http.MethodPost, path: "/v1/devices/{name}/svid", handler: (*Server).signSVID},
-	{method: http.MethodPost, path: "/v1/devices/{name}/revoke", handler: (*Server).revokeDevice},
-	{method: http.MethodPost, path: "/v1/devices/{name}/suspend", handler: (*Server).suspendDevice},
-	{method: http.MethodPost, path: "/v1/devices/{name}/resume", handler: (*Server).resumeDevice},
-	{method: http.MethodGet, path: "/v1/sessions", handler: (*Server).listSessions},
-	{method: http.MethodGet, path: "/healthz", public: true, handler: (*Server).healthz},
+	{method: http.MethodPost, path: "/v1/devices", action: "device.create", handler: (*Server).createDevice},
+	{method: http.MethodGet, path: "/v1/devices", action: "device.list", handler: (*Server).listDevices},
+	{method: http.MethodPost, path: "/v1/devices/import", action: "device.import", maxBody: maxImportBodyBytes, handler: (*Server).importDevices},
+	{method: http.MethodGet, path: "/v1/devices/{name}", action: "device.get", handler: (*Server).getDevice},
+	{method: http.MethodPost, path: "/v1/devices/{name}/svid", action: actionSVIDIssue, handler: (*Server).signSVID},
+	{method: http.MethodPost, path: "/v1/devices/{name}/revoke", action: "device.revoke", handler: (*Server).revokeDevice},
+	{method: http.MethodPost, path: "/v1/devices/{name}/suspend", action: "device.suspend", handler: (*Server).suspendDevice},
+	{method: http.MethodPost, path: "/v1/devices/{name}/resume", action: "device.resume", handler: (*Server).resumeDevice},
+	{method: http.MethodPost, path: "/v1/tokens", action: "token.create", handler: (*Server).createToken},
+	{method: http.MethodPost, path: "/v1/enroll", access: publicAccess, action: "token.redeem", handler: (*Server).enroll},
+	{method: http.MethodPost, path: "/v1/svid/renew", access: selfAccess, action: actionSVIDRenew, handler: (*Server).renewSVID},
+	{method: http.MethodGet, path: "/v1/audit", action: "audit.list", handler: (*Server).listAudit},
+	{method: http.MethodGet, path: "/v1/policy", action: "policy.status", handler: (*Server).policyStatus},
+	{method: http.MethodPut, path: "/v1/policy/modules/{name}", action: actionPolicyPut, maxBody: maxModuleBodyBytes, handler: (*Server).putPolicyModule},
+	{method: http.MethodPost, path: "/v1/policy/eval", action: "policy.eval", handler: (*Server).evalPolicy},
+	{method: http.MethodGet, path: "/v1/sessions", action: "session.list", handler: (*Server).listSessions},
+	// Probes: a load balancer must reach them without credentials, and
+	// they reveal nothing but whether the API is up and ready.
+	{method: http.MethodGet, path: "/healthz", access: publicAccess, action: "health", handler: (*Server).healthz},
+	{method: http.MethodGet, path: "/readyz", access: publicAccess, action: "health", handler: (*Server).readyz},
 	// Metrics reveal device names, request rates and process details, so
 	// they are an admin action like any other.
-	{method: http.MethodGet, path: "/metrics", handler: (*Server).serveMetrics},
+	{method: http.MethodGet, path: "/metrics", action: "metrics.read", handler: (*Server).serveMetrics},
 }

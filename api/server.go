@@ -1,13 +1,19 @@
-// Package api is ztgate's admin and enrollment API: JSON over HTTPS with
-// mutual TLS on its own port. Every request but the health check is decided
-// by the policy engine with action "admin", for the peer's verified SPIFFE ID
-// and its registry entry; there is no other way in. The routes and their
-// schemas are described in openapi.yaml, which the tests hold to the server.
+// Package api is ztgate's admin and enrollment API: JSON over HTTPS on its
+// own port. Every admin request needs a verified client X.509-SVID and is
+// decided by the policy engine with action "admin", for the peer's SPIFFE ID
+// and its registry entry; there is no other way in. Three kinds of request
+// need no admin decision: a device renewing its own SVID (a verified SVID of
+// an active device), enrollment with a one-time bootstrap token (no client
+// certificate; rate limited per remote address), and the health probes.
+// Every admin and enrollment action leaves an entry in the registry's audit
+// log. The routes and their schemas are described in openapi.yaml, which the
+// tests hold to the server.
 package api
 
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/policy"
@@ -33,8 +40,13 @@ const (
 	// Config.SVIDTTL is zero.
 	DefaultSVIDTTL = 24 * time.Hour
 
-	// maxBodyBytes bounds every request body; a CSR or a device is far smaller.
+	// maxBodyBytes bounds a request body unless its route says otherwise;
+	// a CSR or a device is far smaller.
 	maxBodyBytes = 64 << 10
+	// maxImportBodyBytes bounds an import (at most maxImportRows rows).
+	maxImportBodyBytes = 2 << 20
+	// maxModuleBodyBytes bounds an uploaded Rego module.
+	maxModuleBodyBytes = 1 << 20
 
 	// decisionTimeout bounds one admin decision, on top of the engine's own
 	// deadline, so a stuck evaluation cannot hold a request open.
@@ -47,10 +59,13 @@ const (
 // required.
 type Config struct {
 	Addr string
-	// TLS is the listener's configuration (identity.ServerTLSConfig): mutual
-	// TLS with the client SVID verified in the handshake. The server verifies
-	// the peer again on every request, so a weaker config cannot let an
-	// unverified peer through; it can only make it fail later.
+	// TLS is the listener's configuration, identity.APIServerTLSConfig: a
+	// client SVID is optional (enrollment and probes come without one) and
+	// verified in the handshake when presented. The server verifies the
+	// peer again on every request that needs one, so a weaker config cannot
+	// let an unverified peer through. With a config that requires a client
+	// certificate (identity.ServerTLSConfig) everything works but
+	// enrollment by token and anonymous probes.
 	TLS      *tls.Config
 	Registry *registry.Store
 	CA       *identity.CA
@@ -65,6 +80,19 @@ type Config struct {
 	// Metrics is the registry /metrics serves and the API's own metrics are
 	// registered in; nil means a fresh one with the Go and process collectors.
 	Metrics *prometheus.Registry
+	// Policy administers the policy engine (status, module upload, dry
+	// runs); nil makes the /v1/policy routes answer 501.
+	Policy PolicyAdmin
+	// EnrollRate and EnrollBurst limit POST /v1/enroll per remote address
+	// (IPv4 address or IPv6 /64); zero means DefaultEnrollRate and
+	// DefaultEnrollBurst, rate.Inf means no limit.
+	EnrollRate  rate.Limit
+	EnrollBurst int
+	// Ready reports whether the rest of the process (the gateway's
+	// listeners, say) is ready; GET /readyz fails while it returns an
+	// error. The API checks the registry and the policy revision itself;
+	// nil adds nothing to those checks.
+	Ready func() error
 }
 
 // Session is one live MQTT session of the gateway, as GET /v1/sessions
@@ -80,14 +108,21 @@ type Session struct {
 
 // Server is the admin API server.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	mux      *http.ServeMux
-	public   map[string]bool // route patterns served without a decision
-	csrf     *http.CrossOriginProtection
-	metrics  *metrics
-	metricsH http.Handler
-	srv      *http.Server
+	cfg       Config
+	log       *slog.Logger
+	mux       *http.ServeMux
+	byPattern map[string]*route
+	csrf      *http.CrossOriginProtection
+	metrics   *metrics
+	metricsH  http.Handler
+	srv       *http.Server
+	// enrollLimit is the per-address limit of enrollment attempts.
+	enrollLimit *addrLimiter
+	// refusalAudit bounds how many refusals and failures per second are
+	// written to the audit log (see record).
+	refusalAudit *rate.Limiter
+	// now is the clock of token expiry and rate limits (tests move it).
+	now func() time.Time
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -110,9 +145,19 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("api: policy decider is required")
 	case cfg.SVIDTTL < 0:
 		return nil, fmt.Errorf("api: negative SVID TTL %s", cfg.SVIDTTL)
+	case cfg.EnrollRate < 0:
+		return nil, fmt.Errorf("api: negative enrollment rate %v", cfg.EnrollRate)
+	case cfg.EnrollBurst < 0:
+		return nil, fmt.Errorf("api: negative enrollment burst %d", cfg.EnrollBurst)
 	}
 	if cfg.SVIDTTL == 0 {
 		cfg.SVIDTTL = DefaultSVIDTTL
+	}
+	if cfg.EnrollRate == 0 {
+		cfg.EnrollRate = DefaultEnrollRate
+	}
+	if cfg.EnrollBurst == 0 {
+		cfg.EnrollBurst = DefaultEnrollBurst
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -128,25 +173,35 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	limiter, err := newAddrLimiter(cfg.EnrollRate, cfg.EnrollBurst, maxLimitedAddrs)
+	if err != nil {
+		return nil, err
+	}
 
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		mux:     http.NewServeMux(),
-		public:  make(map[string]bool),
-		csrf:    http.NewCrossOriginProtection(),
-		metrics: m,
-		done:    make(chan struct{}),
+		cfg:          cfg,
+		log:          cfg.Logger,
+		mux:          http.NewServeMux(),
+		byPattern:    make(map[string]*route),
+		csrf:         http.NewCrossOriginProtection(),
+		metrics:      m,
+		enrollLimit:  limiter,
+		refusalAudit: rate.NewLimiter(refusalAuditRate, refusalAuditBurst),
+		now:          time.Now,
+		done:         make(chan struct{}),
 	}
 	s.metricsH = promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelError),
 	})
-	for _, rt := range routes {
+	for i := range routes {
+		rt := &routes[i]
 		h := rt.handler
 		s.mux.HandleFunc(rt.pattern(), func(w http.ResponseWriter, r *http.Request) { h(s, w, r) })
-		if rt.public {
-			s.public[rt.pattern()] = true
-		}
+		s.byPattern[rt.pattern()] = rt
+	}
+	if cfg.TLS.ClientAuth == tls.RequireAnyClientCert || cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert {
+		cfg.Logger.Warn("api: the TLS config requires a client certificate; enrollment by bootstrap token " +
+			"and anonymous probes will fail in the handshake (use identity.APIServerTLSConfig)")
 	}
 	s.srv = &http.Server{
 		Addr:              cfg.Addr,
@@ -163,7 +218,8 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Handler returns the API's HTTP handler. It expects requests that arrived
-// over TLS (r.TLS set); any other request is refused with 401.
+// over TLS (r.TLS set); any other request is refused with 401, since a
+// bootstrap token sent in the clear would be spent by whoever saw it.
 func (s *Server) Handler() http.Handler { return s.srv.Handler }
 
 // Start listens on Config.Addr and serves in the background. The listener is
@@ -224,12 +280,14 @@ func (s *Server) Close() error {
 }
 
 // serve is the one entry point of every request: body limit, CSRF check,
-// authentication, the admin decision, routing, then a log line and metrics.
+// authentication and the admin decision as the route requires, routing,
+// the audit entry of a failed action, then a log line and metrics.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w}
-	var peer string
+	st := &reqState{}
 	_, pattern := s.mux.Handler(r)
+	rt := s.byPattern[pattern] // nil: unknown path or method
 	defer func() {
 		status := rec.status
 		if status == 0 {
@@ -245,50 +303,114 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			"method", r.Method,
 			"path", r.URL.Path,
 			"status", status,
-			"spiffe_id", peer,
+			"spiffe_id", st.peer,
 			"remote_addr", r.RemoteAddr,
 			"duration", d,
 		)
 	}()
 
+	limit := int64(maxBodyBytes)
+	acc := adminAccess // unknown routes too: nothing is answered anonymously by default
+	if rt != nil {
+		limit, acc = rt.bodyLimit(), rt.access
+	}
 	// The server's own writer, so that it closes the connection after an
 	// oversized body instead of draining it.
-	r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
 
-	if !s.public[pattern] {
-		// A browser holding an admin certificate must not be turned into a
-		// confused deputy by another site.
-		if err := s.csrf.Check(r); err != nil {
-			writeError(rec, http.StatusForbidden, "cross-origin request refused")
+	if r.TLS == nil {
+		writeError(rec, http.StatusUnauthorized, "the API is served over TLS only")
+		return
+	}
+	// A browser holding an admin certificate must not be turned into a
+	// confused deputy by another site. Safe methods pass the check.
+	if err := s.csrf.Check(r); err != nil {
+		writeError(rec, http.StatusForbidden, "cross-origin request refused")
+		return
+	}
+	switch acc {
+	case adminAccess:
+		id, ok := s.authorize(rec, r, rt)
+		st.peer = id
+		if !ok {
 			return
 		}
-		id, ok := s.authorize(rec, r)
-		peer = id
+	case selfAccess:
+		id, ok := s.authenticate(rec, r)
+		st.peer = id.String()
 		if !ok {
 			return
 		}
 	}
 
+	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	var out http.ResponseWriter = rec
 	if pattern == "" {
 		// ServeMux answers unknown paths and methods in plain text.
 		out = &jsonErrors{ResponseWriter: rec}
 	}
 	s.mux.ServeHTTP(out, r)
+
+	// A failed change by an authenticated caller is audited here unless
+	// the handler recorded it itself. Reads are not audited: the request
+	// log has them, and the audit log is written to disk.
+	if rt != nil && acc != publicAccess && r.Method != http.MethodGet && rec.status >= 400 && !st.audited {
+		result := registry.ResultError
+		if rec.status == http.StatusForbidden {
+			result = registry.ResultDenied
+		}
+		target := st.target
+		if target == "" {
+			target = r.URL.EscapedPath()
+		}
+		_ = s.record(r, registry.AuditEntry{Actor: st.peer, Action: rt.action, Target: target, Result: result,
+			Detail: fmt.Sprintf("%d: %s", rec.status, rec.errorMessage())})
+	}
 }
 
-// authorize authenticates the peer and asks the policy whether it may make
-// this request. It writes the error response itself and returns false when
-// the request must not proceed.
-func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (spiffeID string, ok bool) {
+// reqState is what serve learns about a request, shared with its handler
+// through the request context.
+type reqState struct {
+	peer   string // the verified SPIFFE ID of the caller, "" when anonymous
+	target string // what the request acts on, for the audit log (set by handlers)
+	// audited is set by a handler that recorded the request's outcome in
+	// the audit log itself.
+	audited bool
+}
+
+type stateKey struct{}
+
+// stateOf returns the request's state; a handler reached without serve (it
+// never is) gets a throwaway one, so nothing dereferences nil.
+func stateOf(r *http.Request) *reqState {
+	if st, ok := r.Context().Value(stateKey{}).(*reqState); ok {
+		return st
+	}
+	return &reqState{}
+}
+
+// authenticate returns the peer's verified SPIFFE ID, or answers 401.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (spiffeid.ID, bool) {
 	if r.TLS == nil {
 		writeError(w, http.StatusUnauthorized, "a client X.509-SVID is required")
-		return "", false
+		return spiffeid.ID{}, false
 	}
 	id, err := s.cfg.Verifier.PeerID(*r.TLS)
 	if err != nil {
 		s.log.Warn("api: peer not verified", "remote_addr", r.RemoteAddr, "err", err)
 		writeError(w, http.StatusUnauthorized, "a valid client X.509-SVID is required")
+		return spiffeid.ID{}, false
+	}
+	return id, true
+}
+
+// authorize authenticates the peer and asks the policy whether it may make
+// this request (rt is nil for an unknown route). It writes the error
+// response itself, audits a denial, and returns false when the request must
+// not proceed.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *route) (spiffeID string, ok bool) {
+	id, ok := s.authenticate(w, r)
+	if !ok {
 		return "", false
 	}
 	spiffeID = id.String()
@@ -328,6 +450,16 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (spiffeID str
 		s.metrics.denied.Inc()
 		s.log.Info("api: denied by policy", "spiffe_id", spiffeID, "method", r.Method,
 			"path", r.URL.Path, "reasons", dec.Reasons, "revision", dec.Revision)
+		action := "api.request"
+		if rt != nil {
+			action = rt.action
+		}
+		detail := "denied by policy revision " + dec.Revision
+		if len(dec.Reasons) > 0 {
+			detail += ": " + strings.Join(dec.Reasons, ", ")
+		}
+		_ = s.record(r, registry.AuditEntry{Actor: spiffeID, Action: action,
+			Target: r.Method + " " + r.URL.EscapedPath(), Result: registry.ResultDenied, Detail: detail})
 		writeError(w, http.StatusForbidden, "forbidden by policy")
 		return spiffeID, false
 	}
@@ -349,10 +481,25 @@ func identityOf(id spiffeid.ID) policy.Identity {
 	}
 }
 
-// recorder remembers the status written, for the log line and metrics.
+// recorder remembers the status written, for the log line and metrics, and
+// the start of an error body, for the audit entry of a failed action.
 type recorder struct {
 	http.ResponseWriter
-	status int
+	status  int
+	errBody []byte
+}
+
+// maxErrBody bounds how much of an error body the recorder keeps.
+const maxErrBody = 512
+
+// errorMessage returns the message of the JSON error the response carried,
+// or the status text when there was none.
+func (r *recorder) errorMessage() string {
+	var er ErrorResponse
+	if json.Unmarshal(r.errBody, &er) == nil && er.Error != "" {
+		return er.Error
+	}
+	return strings.ToLower(http.StatusText(r.status))
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -365,6 +512,9 @@ func (r *recorder) WriteHeader(code int) {
 func (r *recorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
+	}
+	if r.status >= 400 && len(r.errBody) < maxErrBody {
+		r.errBody = append(r.errBody, b[:min(len(b), maxErrBody-len(r.errBody))]...)
 	}
 	return r.ResponseWriter.Write(b)
 }
@@ -396,10 +546,12 @@ func (j *jsonErrors) Write(b []byte) (int, error) {
 
 // metrics are the API's own Prometheus collectors.
 type metrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-	denied   prometheus.Counter
-	svids    prometheus.Counter
+	requests        *prometheus.CounterVec
+	duration        *prometheus.HistogramVec
+	denied          prometheus.Counter
+	svids           prometheus.Counter
+	enrollments     *prometheus.CounterVec
+	auditSuppressed prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -419,7 +571,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		svids: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ztgate_api_svids_issued_total",
-			Help: "X.509-SVIDs signed through the admin API.",
+			Help: "X.509-SVIDs signed through the API: by an admin, at enrollment and at renewal.",
+		}),
+		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_api_enrollments_total",
+			Help: "Bootstrap-token enrollment attempts by result (ok, invalid_token, rate_limited, bad_request, error).",
+		}, []string{"result"}),
+		auditSuppressed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ztgate_api_audit_suppressed_total",
+			Help: "Refusals and failures not written to the audit log because they came faster than its refusal rate limit (they are still logged).",
 		}),
 	}
 	var err error
@@ -427,6 +587,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.duration = register(reg, m.duration, &err)
 	m.denied = register(reg, m.denied, &err)
 	m.svids = register(reg, m.svids, &err)
+	m.enrollments = register(reg, m.enrollments, &err)
+	m.auditSuppressed = register(reg, m.auditSuppressed, &err)
 	if err != nil {
 		return nil, fmt.Errorf("api: register metrics: %w", err)
 	}

@@ -103,3 +103,13 @@ func checkPublicKey(pub crypto.PublicKey) error {
 	}
 	return nil
 }
+
+// CheckCSR applies SignCSR's checks to a PEM CSR without signing anything,
+// so a caller can refuse a bad CSR before it spends something that cannot
+// be undone (a one-time bootstrap token). Errors match ErrInvalidCSR.
+func CheckCSR(csrPEM []byte) error {
+	if _, err := parseCSR(csrPEM); err != nil {
+		return invalidCSRError{err}
+	}
+	return nil
+}

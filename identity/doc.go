@@ -4,7 +4,8 @@
 // ECDSA P-256 key that signs X.509-SVIDs from certificate signing requests,
 // so a device's private key never leaves the device), the verifier that turns
 // a TLS peer's certificate chain into a SPIFFE ID, and the TLS configurations
-// of the gateway's listeners and of clients.
+// of the gateway's listeners and of clients, including the CA-pinned client a
+// device uses for its first contact, before it holds a trust bundle.
 //
 // Verification follows go-spiffe's x509svid rules (exactly one URI SAN that is
 // a SPIFFE ID, a leaf that is not a CA and cannot sign certificates or CRLs, a
