@@ -36,6 +36,8 @@ func TestDefaultPolicyThroughEngine(t *testing.T) {
 	unenrolled.Device = nil
 	suspended := subject("sensor-1")
 	suspended.Device.Status = "suspended"
+	pending := subject("sensor-1")
+	pending.Device.Status = "pending"
 
 	pub := func(s *policy.Subject, topic string) *policy.Input {
 		return &policy.Input{Action: policy.ActionPublish, Subject: s, Topic: topic, QoS: 1, PayloadSize: 4}
@@ -55,6 +57,8 @@ func TestDefaultPolicyThroughEngine(t *testing.T) {
 		{"connect", &policy.Input{Action: policy.ActionConnect, Subject: dev}, true, ""},
 		{"connect unenrolled", &policy.Input{Action: policy.ActionConnect, Subject: unenrolled}, false, "identity not enrolled"},
 		{"connect suspended", &policy.Input{Action: policy.ActionConnect, Subject: suspended}, false, "device suspended"},
+		{"connect pending", &policy.Input{Action: policy.ActionConnect, Subject: pending}, false, "device pending enrollment"},
+		{"publish pending", pub(pending, "devices/sensor-1/telemetry/temp"), false, "device pending enrollment"},
 		{"publish telemetry", pub(dev, "devices/sensor-1/telemetry/temp"), true, ""},
 		{"publish other telemetry", pub(dev, "devices/sensor-2/telemetry/temp"), false, "topic not granted"},
 		{"publish retained telemetry", &policy.Input{Action: policy.ActionPublish, Subject: dev, Topic: "devices/sensor-1/telemetry/temp", Retain: true}, false, "topic not granted"},

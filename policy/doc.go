@@ -7,19 +7,29 @@
 // # Decisions
 //
 // Every enforcement point calls a Decider. The Engine evaluates
-// data.ztgate.authz once per decision and reads two keys of the result:
-// allow (only the boolean true allows) and reasons (a set or array of
-// strings, kept in the Decision for logs). An undefined or non-boolean
-// allow, an evaluation error, a builtin error (builtin errors are strict, so
-// `not` cannot turn one into an allow), a timeout and a canceled context all
-// deny; the last four set Decision.Err and are logged at warn level. Every
-// decision is logged at debug level when the logger has debug enabled.
+// data.ztgate.authz.allow per decision (only the boolean true allows) and,
+// for a deny only, data.ztgate.authz.reasons (a set or array of strings,
+// kept in the Decision for logs); the second evaluation shares the first
+// one's cache, so what allow already evaluated is not evaluated again. An
+// undefined or non-boolean allow, an evaluation error, a builtin error
+// (builtin errors are strict, so `not` cannot turn one into an allow), a
+// timeout and a canceled context all deny; the last four set Decision.Err
+// and are logged at warn level. Every decision is logged at debug level when
+// the logger has debug enabled.
 //
-// Load compiles a new revision and swaps it in atomically; a policy that
-// does not parse or compile never replaces the one in force. A revision is
-// named by the sha256 of its module names and contents (Decision.Revision),
-// so a decision can be traced to the exact policy that made it and a cache
-// in front of the engine can key on it.
+// # Revisions
+//
+// A revision is named by the sha256 of its policy modules' names and
+// contents (Decision.Revision, Engine.Revision), so a decision can be traced
+// to the exact policy that made it and a cache in front of the engine can
+// key on it; tests are not part of it. NewEngine, Load, LoadDir and
+// PutModule compile a new set of modules and run its Rego tests (the
+// *_test.rego files, as `ztgate policy test` runs them); only a set that
+// compiles, declares package ztgate.authz and passes its tests is swapped in,
+// atomically. Anything else leaves the revision in force deciding, and is
+// reported: the returned error, Status().LastError, OnReject. Watch reloads a
+// policy directory when it changes. Hidden files and directories (names
+// starting with a dot) are never read as policy.
 //
 // # Input
 //

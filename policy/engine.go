@@ -6,21 +6,35 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/open-policy-agent/opa/v1/util"
 )
 
-// Query is the document the engine evaluates once per decision.
+// Query is the policy package the engine decides with: its allow rule is the
+// decision and its reasons rule explains a deny.
 const Query = "data.ztgate.authz"
 
-// DefaultTimeout bounds one evaluation when Options.Timeout is zero.
-const DefaultTimeout = 100 * time.Millisecond
+// The two queries prepared per revision. allow is evaluated for every
+// decision, reasons only for a deny.
+const (
+	allowQuery   = Query + ".allow"
+	reasonsQuery = Query + ".reasons"
+)
+
+// DefaultTimeout bounds one evaluation when Options.Timeout is zero. A
+// decision normally takes tens of microseconds; the bound is there to stop a
+// runaway policy, and is wide enough that a loaded machine does not turn
+// allowed requests into timeouts.
+const DefaultTimeout = 500 * time.Millisecond
 
 // Options configure an Engine.
 type Options struct {
@@ -29,44 +43,59 @@ type Options struct {
 	// is a deny.
 	Timeout time.Duration
 
-	// Logger receives evaluation failures (warn) and, when debug is enabled,
-	// every decision. Nil means slog.Default().
+	// Logger receives evaluation failures (warn), revision changes (info,
+	// warn when refused) and, when debug is enabled, every decision. Nil
+	// means slog.Default().
 	Logger *slog.Logger
 
 	// Data is the base document the policy reads under data, for example
 	// {"ztgate": {"config": {"trust_domain": "example.org"}}}. It must not
-	// overlap the policy's own package.
+	// overlap the policy's own package. Rego tests do not see it: they run
+	// as `ztgate policy test` runs them.
 	Data map[string]any
 }
 
 // Engine evaluates the policy of package ztgate.authz. It implements Decider.
-// The compiled policy (a revision) is swapped atomically by Load, so Decide
-// never blocks on a reload and always sees one whole revision.
+// The compiled policy (a revision) is swapped atomically by Load, LoadDir and
+// PutModule, so Decide never blocks on a reload and always sees one whole
+// revision.
 type Engine struct {
 	timeout time.Duration
 	log     *slog.Logger
-	data    map[string]any
+	data    ast.Object // Options.Data as an OPA value; never modified
 
-	loadMu sync.Mutex // serializes Load so revisions land in call order
 	cur    atomic.Pointer[revision]
+	status atomic.Pointer[Status] // a stored Status is never modified
+
+	loadMu sync.Mutex // serializes loads, so revisions land in call order
+	dir    string     // backing directory of the accepted sources; guarded by loadMu
+
+	cbMu       sync.Mutex
+	onActivate []func(Status)
+	onReject   []func(error)
 }
 
-// revision is one compiled policy.
+// revision is one compiled and tested policy.
 type revision struct {
-	id    string // sha256 (hex) over the module names and contents
-	query rego.PreparedEvalQuery
+	id      string   // sha256 (hex) over the policy modules' names and contents
+	sum     string   // the same over every file, tests included
+	srcs    []source // every file, tests included, in name order
+	allow   rego.PreparedEvalQuery
+	reasons rego.PreparedEvalQuery
 }
 
 var _ Decider = (*Engine)(nil)
 
-// NewEngine compiles the policy in fsys (every *.rego file, recursively, except
-// *_test.rego) and prepares its query. The policy must declare package
-// ztgate.authz and be written in Rego v1 syntax.
+// NewEngine compiles the policy in fsys (every *.rego file, recursively,
+// except *_test.rego files and hidden ones), runs its Rego tests (the
+// *_test.rego files) and prepares its queries. The policy must declare
+// package ztgate.authz and be written in Rego v1 syntax. A policy that does
+// not compile, or whose tests fail, does not start: the error says why.
 func NewEngine(fsys fs.FS, opts Options) (*Engine, error) {
 	e := &Engine{
 		timeout: opts.Timeout,
 		log:     opts.Logger,
-		data:    opts.Data,
+		data:    ast.NewObject(),
 	}
 	if e.timeout <= 0 {
 		e.timeout = DefaultTimeout
@@ -74,31 +103,22 @@ func NewEngine(fsys fs.FS, opts Options) (*Engine, error) {
 	if e.log == nil {
 		e.log = slog.Default()
 	}
+	if opts.Data != nil {
+		v, err := ast.InterfaceToValue(opts.Data)
+		if err != nil {
+			return nil, fmt.Errorf("policy: data: %w", err)
+		}
+		obj, ok := v.(ast.Object)
+		if !ok {
+			return nil, errors.New("policy: data is not an object")
+		}
+		e.data = obj
+	}
+	e.status.Store(&Status{})
 	if err := e.Load(fsys); err != nil {
 		return nil, err
 	}
 	return e, nil
-}
-
-// Load compiles the policy in fsys and, if it compiles, makes it the revision
-// every later decision uses. On any error the current revision stays in force
-// and the error is returned: a bad policy never replaces a good one.
-func (e *Engine) Load(fsys fs.FS) error {
-	e.loadMu.Lock()
-	defer e.loadMu.Unlock()
-	rev, err := e.compile(context.Background(), fsys)
-	if err != nil {
-		if old := e.cur.Load(); old != nil {
-			e.log.Warn("policy: load failed; keeping the current revision",
-				"revision", short(old.id), "err", err)
-		}
-		return err
-	}
-	old := e.cur.Swap(rev)
-	if old == nil || old.id != rev.id {
-		e.log.Info("policy: revision loaded", "revision", short(rev.id))
-	}
-	return nil
 }
 
 // Revision returns the content hash of the policy revision in force.
@@ -109,15 +129,14 @@ func (e *Engine) Revision() string {
 	return ""
 }
 
-func (e *Engine) compile(ctx context.Context, fsys fs.FS) (*revision, error) {
-	srcs, err := readSources(fsys, false)
-	if err != nil {
-		return nil, err
-	}
-	if len(srcs) == 0 {
+// compile parses the policy modules of srcs (tests left out) and prepares
+// the allow and reasons queries on one compiler.
+func (e *Engine) compile(ctx context.Context, srcs []source) (*revision, error) {
+	policy := policySources(srcs)
+	if len(policy) == 0 {
 		return nil, errors.New("policy: no policy modules (*.rego, not *_test.rego) found")
 	}
-	mods, err := parseSources(srcs)
+	mods, err := parseSources(policy)
 	if err != nil {
 		return nil, err
 	}
@@ -133,27 +152,48 @@ func (e *Engine) compile(ctx context.Context, fsys fs.FS) (*revision, error) {
 		return nil, errors.New("policy: no module declares package ztgate.authz")
 	}
 
-	opts := []func(*rego.Rego){
-		rego.Query(Query),
+	// A store per revision, over a copy of the base document in OPA's value
+	// form, so a policy that reads data pays no conversion per decision.
+	store := inmem.NewFromASTObject(e.data.Copy())
+	common := []func(*rego.Rego){
 		rego.SetRegoVersion(ast.RegoV1),
+		rego.Store(store),
 		// A builtin error halts evaluation (and so denies) instead of
 		// making an expression undefined, which `not` could turn into an allow.
 		rego.StrictBuiltinErrors(true),
-		// Results stay OPA values: Decide reads two keys, no JSON conversion.
+		// Results stay OPA values: Decide reads them directly, no JSON.
 		rego.GenerateJSON(func(t *ast.Term, _ *rego.EvalContext) (any, error) { return t, nil }),
 	}
-	if e.data != nil {
-		opts = append(opts, rego.Data(e.data))
-	}
+	common = append(common, regoBuiltins()...)
+
+	var compiler *ast.Compiler
+	opts := slices.Concat(common, []func(*rego.Rego){
+		rego.Query(allowQuery),
+		rego.CompilerHook(func(c *ast.Compiler) { compiler = c }),
+	})
 	for _, m := range mods {
 		opts = append(opts, rego.ParsedModule(m))
 	}
-	opts = append(opts, regoBuiltins()...)
-	pq, err := rego.New(opts...).PrepareForEval(ctx)
+	allow, err := rego.New(opts...).PrepareForEval(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("policy: compile: %w", err)
 	}
-	return &revision{id: revisionID(srcs), query: pq}, nil
+	// The second query reuses the compiled modules rather than compiling
+	// them again.
+	reasons, err := rego.New(slices.Concat(common, []func(*rego.Rego){
+		rego.Query(reasonsQuery),
+		rego.Compiler(compiler),
+	})...).PrepareForEval(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("policy: compile: %w", err)
+	}
+	return &revision{
+		id:      revisionID(policy),
+		sum:     revisionID(srcs),
+		srcs:    srcs,
+		allow:   allow,
+		reasons: reasons,
+	}, nil
 }
 
 var (
@@ -161,11 +201,11 @@ var (
 	errNoPolicy  = errors.New("policy: no policy loaded")
 )
 
-// Decide evaluates data.ztgate.authz for in. It is safe for concurrent use.
-// Allow is true only when the policy's allow is the boolean true. An
-// undefined or non-boolean allow denies; so do an input without a Subject,
-// an evaluation error, a timeout and a canceled context, which also set Err
-// and are logged.
+// Decide evaluates the policy for in. It is safe for concurrent use. Allow
+// is true only when the policy's allow is the boolean true. An undefined or
+// non-boolean allow denies; so do an input without a Subject, an evaluation
+// error, a timeout and a canceled context, which also set Err and are
+// logged. Reasons are evaluated for a deny only.
 func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
 	rev := e.cur.Load()
 	if in == nil || in.Subject == nil {
@@ -193,6 +233,10 @@ func (e *Engine) DecideJSON(ctx context.Context, raw []byte) (Decision, error) {
 	return d, d.Err
 }
 
+// noMetrics spares each evaluation the metrics OPA would otherwise collect
+// and nobody reads.
+var noMetrics = rego.EvalMetrics(metrics.NoOp())
+
 func (e *Engine) eval(ctx context.Context, rev *revision, in *Input, input ast.Value) Decision {
 	if rev == nil {
 		return e.failed(ctx, rev, logInput{in, input}, errNoPolicy)
@@ -200,29 +244,32 @@ func (e *Engine) eval(ctx context.Context, rev *revision, in *Input, input ast.V
 	if err := ctx.Err(); err != nil {
 		return e.failed(ctx, rev, logInput{in, input}, fmt.Errorf("policy: not evaluated: %w", err))
 	}
+	// The evaluator is canceled by a callback on the context instead of
+	// the goroutine per evaluation OPA starts when it watches it itself.
 	evalCtx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
-	rs, err := rev.query.Eval(evalCtx, rego.EvalParsedInput(input))
-	if err != nil {
-		if topdown.IsCancel(err) {
-			if cerr := evalCtx.Err(); errors.Is(cerr, context.DeadlineExceeded) && ctx.Err() == nil {
-				err = fmt.Errorf("policy: evaluation timed out after %s: %w", e.timeout, cerr)
-			} else {
-				err = fmt.Errorf("policy: evaluation canceled: %w", cmpErr(ctx.Err(), err))
-			}
-		} else {
-			err = fmt.Errorf("policy: evaluation failed: %w", err)
-		}
-		return e.failed(ctx, rev, logInput{in, input}, err)
-	}
+	c := topdown.NewCancel()
+	defer context.AfterFunc(evalCtx, c.Cancel)()
 
-	d := Decision{Revision: rev.id}
-	if len(rs) == 1 && len(rs[0].Expressions) == 1 {
-		if t, ok := rs[0].Expressions[0].Value.(*ast.Term); ok {
-			if obj, ok := t.Value.(ast.Object); ok {
-				d.Allow, d.Reasons = readDecision(obj)
-			}
+	// Both queries share one cache: for a deny, reasons finds allow, and
+	// everything allow depended on, already evaluated for this input.
+	opts := []rego.EvalOption{
+		rego.EvalParsedInput(input),
+		rego.EvalVirtualCache(topdown.NewVirtualCache()),
+		rego.EvalExternalCancel(c),
+		noMetrics,
+	}
+	rs, err := rev.allow.Eval(evalCtx, opts...)
+	if err != nil {
+		return e.failed(ctx, rev, logInput{in, input}, e.evalError(ctx, evalCtx, err))
+	}
+	d := Decision{Allow: readAllow(rs), Revision: rev.id}
+	if !d.Allow {
+		rs, err := rev.reasons.Eval(evalCtx, opts...)
+		if err != nil {
+			return e.failed(ctx, rev, logInput{in, input}, e.evalError(ctx, evalCtx, err))
 		}
+		d.Reasons = readReasons(rs)
 	}
 	if e.log.Enabled(ctx, slog.LevelDebug) {
 		e.log.LogAttrs(ctx, slog.LevelDebug, "policy: decision",
@@ -232,36 +279,53 @@ func (e *Engine) eval(ctx context.Context, rev *revision, in *Input, input ast.V
 	return d
 }
 
-var (
-	allowKey   = ast.StringTerm("allow")
-	reasonsKey = ast.StringTerm("reasons")
-)
+// evalError describes an evaluation failure, telling the engine's timeout
+// from the caller's cancellation.
+func (e *Engine) evalError(ctx, evalCtx context.Context, err error) error {
+	if !topdown.IsCancel(err) {
+		return fmt.Errorf("policy: evaluation failed: %w", err)
+	}
+	if cerr := evalCtx.Err(); errors.Is(cerr, context.DeadlineExceeded) && ctx.Err() == nil {
+		return fmt.Errorf("policy: evaluation timed out after %s: %w", e.timeout, cerr)
+	}
+	return fmt.Errorf("policy: evaluation canceled: %w", cmpErr(ctx.Err(), err))
+}
 
-// readDecision reads allow (only the boolean true allows) and reasons (a set
-// or array; strings as they are, anything else in its Rego form).
-func readDecision(obj ast.Object) (allow bool, reasons []string) {
-	if t := obj.Get(allowKey); t != nil {
-		b, ok := t.Value.(ast.Boolean)
-		allow = ok && bool(b)
-	}
-	if t := obj.Get(reasonsKey); t != nil {
-		add := func(x *ast.Term) {
-			if s, ok := x.Value.(ast.String); ok {
-				reasons = append(reasons, string(s))
-			} else {
-				reasons = append(reasons, x.String())
-			}
-		}
-		switch v := t.Value.(type) {
-		case ast.Set:
-			reasons = make([]string, 0, v.Len())
-			v.Foreach(add)
-		case *ast.Array:
-			reasons = make([]string, 0, v.Len())
-			v.Foreach(add)
+// result is the value of a one-expression result set; nil when undefined.
+func result(rs rego.ResultSet) ast.Value {
+	if len(rs) == 1 && len(rs[0].Expressions) == 1 {
+		if t, ok := rs[0].Expressions[0].Value.(*ast.Term); ok {
+			return t.Value
 		}
 	}
-	return allow, reasons
+	return nil
+}
+
+// readAllow: only the boolean true allows.
+func readAllow(rs rego.ResultSet) bool {
+	b, ok := result(rs).(ast.Boolean)
+	return ok && bool(b)
+}
+
+// readReasons reads reasons, a set or an array: strings as they are,
+// anything else in its Rego form.
+func readReasons(rs rego.ResultSet) (reasons []string) {
+	add := func(x *ast.Term) {
+		if s, ok := x.Value.(ast.String); ok {
+			reasons = append(reasons, string(s))
+		} else {
+			reasons = append(reasons, x.String())
+		}
+	}
+	switch v := result(rs).(type) {
+	case ast.Set:
+		reasons = make([]string, 0, v.Len())
+		v.Foreach(add)
+	case *ast.Array:
+		reasons = make([]string, 0, v.Len())
+		v.Foreach(add)
+	}
+	return reasons
 }
 
 func (e *Engine) failed(ctx context.Context, rev *revision, in logInput, err error) Decision {

@@ -85,10 +85,11 @@ func TestEngineDecide(t *testing.T) {
 		allow   bool
 		reasons []string
 	}{
+		// Reasons explain a deny: they are not evaluated for an allow.
 		{"connect allowed", &policy.Input{Action: policy.ActionConnect, Subject: s}, true, nil},
-		{"publish allowed (builtin)", &policy.Input{Action: policy.ActionPublish, Subject: s, Topic: "devices/a/telemetry/t"}, true, []string{"not connect"}},
+		{"publish allowed (builtin)", &policy.Input{Action: policy.ActionPublish, Subject: s, Topic: "devices/a/telemetry/t"}, true, nil},
 		{"publish denied (builtin)", &policy.Input{Action: policy.ActionPublish, Subject: s, Topic: "devices/a/state"}, false, []string{"no topic", "not connect"}},
-		{"subscribe within", &policy.Input{Action: policy.ActionSubscribe, Subject: s, Filter: "devices/a/+"}, true, []string{"not connect"}},
+		{"subscribe within", &policy.Input{Action: policy.ActionSubscribe, Subject: s, Filter: "devices/a/+"}, true, nil},
 		{"subscribe wider", &policy.Input{Action: policy.ActionSubscribe, Subject: s, Filter: "devices/+/x"}, false, []string{"not connect"}},
 		{"unknown action", &policy.Input{Action: "unsubscribe", Subject: s}, false, []string{"not connect"}},
 	}
@@ -257,19 +258,30 @@ func TestNewEngineErrors(t *testing.T) {
 	}
 }
 
-func TestEngineLoadsRecursivelyAndIgnoresTests(t *testing.T) {
+// Modules load from subdirectories too; tests run but are no part of the
+// decisions; hidden files and directories are not policy at all.
+func TestEngineLoadsRecursivelyTestsApart(t *testing.T) {
 	e := newEngine(t, map[string]string{
-		"authz.rego":           "package ztgate.authz\nallow if data.ztgate.lib.ok\n",
-		"lib/lib.rego":         "package ztgate.lib\nok if input.action == \"connect\"\n",
-		"authz_test.rego":      "package ztgate.authz\nallow := 5\n", // would conflict if loaded
-		"lib/broken_test.rego": "this is not rego",
-		"notes.txt":            "not rego",
+		"authz.rego":        "package ztgate.authz\nallow if data.ztgate.lib.ok\nreasons contains \"no\" if not allow\n",
+		"lib/lib.rego":      "package ztgate.lib\nok if input.action == \"connect\"\n",
+		"lib/lib_test.rego": "package ztgate.lib_test\ntest_ok if data.ztgate.lib.ok with input as {\"action\": \"connect\"}\n",
+		// Same package as the policy: seen by the tests, not by decisions.
+		"authz_test.rego":     "package ztgate.authz\nreasons contains \"from a test file\" if true\ntest_reason if \"from a test file\" in reasons\n",
+		"notes.txt":           "not rego",
+		".scratch.rego":       "this is not rego",
+		".git/objects/x.rego": "this is not rego",
+		"lib/.#lib.rego":      "this is not rego",
 	}, policy.Options{})
 	if d := e.Decide(context.Background(), &policy.Input{Action: policy.ActionConnect, Subject: subject("a")}); !d.Allow || d.Err != nil {
 		t.Errorf("Decide = %+v", d)
 	}
-	if d := e.Decide(context.Background(), &policy.Input{Action: policy.ActionPublish, Subject: subject("a")}); d.Allow {
-		t.Errorf("Decide(publish) = %+v, want deny", d)
+	d := e.Decide(context.Background(), &policy.Input{Action: policy.ActionPublish, Subject: subject("a")})
+	if d.Allow || strings.Join(d.Reasons, ",") != "no" {
+		t.Errorf("Decide(publish) = %+v, want a deny with the policy's reason only", d)
+	}
+	want := []string{"authz.rego", "authz_test.rego", "lib/lib.rego", "lib/lib_test.rego"}
+	if got := e.Status().Modules; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("Modules = %q, want %q", got, want)
 	}
 }
 

@@ -23,8 +23,16 @@ type source struct {
 
 func isTestFile(name string) bool { return strings.HasSuffix(name, "_test.rego") }
 
-// readSources reads every *.rego file under fsys in name order; test files
-// (*_test.rego) only when withTests is set.
+// isHidden reports whether a file or directory name is hidden (starts with
+// a dot). Hidden entries are never policy: editors keep their scratch copies
+// there, PutModule stages its writes there, and a Kubernetes ConfigMap
+// volume keeps a second, timestamped copy of every file in a hidden
+// directory, which would otherwise be loaded twice.
+func isHidden(name string) bool { return strings.HasPrefix(name, ".") }
+
+// readSources reads every *.rego file under fsys in name order, skipping
+// hidden files and directories; test files (*_test.rego) only when withTests
+// is set.
 func readSources(fsys fs.FS, withTests bool) ([]source, error) {
 	if fsys == nil {
 		return nil, errors.New("policy: no policy file system")
@@ -33,6 +41,12 @@ func readSources(fsys fs.FS, withTests bool) ([]source, error) {
 	err := fs.WalkDir(fsys, ".", func(name string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if name != "." && isHidden(d.Name()) {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
 		}
 		if d.IsDir() || path.Ext(name) != ".rego" || (!withTests && isTestFile(name)) {
 			return nil
@@ -89,8 +103,20 @@ func revisionID(srcs []source) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// policySources returns the policy modules of srcs, without the tests.
+func policySources(srcs []source) []source {
+	out := make([]source, 0, len(srcs))
+	for _, s := range srcs {
+		if !isTestFile(s.name) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // LoadDir returns the policy directory dir as a file system for NewEngine,
-// Load and RunTests. It fails when dir is not a directory or holds no .rego
+// Load and RunTests. (Engine.LoadDir loads a directory into an engine and
+// makes it the engine's backing directory.) It fails when dir is not a directory or holds no .rego
 // file, so a mistyped --policy-dir is an error, not an empty (deny-all) policy.
 func LoadDir(dir string) (fs.FS, error) {
 	st, err := os.Stat(dir)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"runtime"
 	"slices"
 	"time"
 
@@ -33,22 +34,43 @@ func RunTests(ctx context.Context, fsys fs.FS, w io.Writer, verbose bool) (passe
 	if len(srcs) == 0 {
 		return 0, 0, errors.New("policy: no .rego files to test")
 	}
-	mods, err := parseSources(srcs)
+	results, err := runTests(ctx, srcs, true, runtime.NumCPU())
 	if err != nil {
 		return 0, 0, err
 	}
+	passed, failed = countResults(results)
+	if err := report(w, results, verbose); err != nil {
+		return passed, failed, err
+	}
+	if len(results) == 0 {
+		return 0, 0, errNoTests
+	}
+	return passed, failed, nil
+}
 
+var errNoTests = errors.New("policy: no tests found (rules named test_*)")
+
+// runTests parses srcs and runs their tests, at most parallel at a time,
+// with the MQTT builtins and builtin errors raised as in the engine. Tracing
+// records the failing expression of each failure for the report; it makes a
+// run several times slower. The results are in file and line order.
+func runTests(ctx context.Context, srcs []source, tracing bool, parallel int) ([]*tester.Result, error) {
+	mods, err := parseSources(srcs)
+	if err != nil {
+		return nil, err
+	}
 	runner := tester.NewRunner().
 		SetDefaultRegoVersion(ast.RegoV1).
 		SetModules(mods).
 		AddCustomBuiltins(testerBuiltins()).
 		RaiseBuiltinErrors(true).
 		CapturePrintOutput(true).
-		EnableTracing(true). // for the failing line and its variables
+		EnableTracing(tracing).
+		SetParallel(parallel).
 		SetTimeout(TestTimeout)
 	ch, err := runner.RunTests(ctx, nil)
 	if err != nil {
-		return 0, 0, fmt.Errorf("policy: compile tests: %w", err)
+		return nil, fmt.Errorf("policy: compile tests: %w", err)
 	}
 
 	// Tests run in parallel and finish in any order; report them in source order.
@@ -56,12 +78,23 @@ func RunTests(ctx context.Context, fsys fs.FS, w io.Writer, verbose bool) (passe
 	for r := range ch {
 		results = append(results, r)
 	}
+	// The runner skips the tests it has not started when ctx ends, so a run
+	// cut short looks like a shorter passing run: say so instead.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("policy: tests did not finish: %w", err)
+	}
 	slices.SortFunc(results, func(a, b *tester.Result) int {
 		if a.Location == nil || b.Location == nil {
 			return cmp.Compare(a.Name, b.Name)
 		}
 		return cmp.Or(cmp.Compare(a.Location.File, b.Location.File), cmp.Compare(a.Location.Row, b.Location.Row))
 	})
+	return results, nil
+}
+
+// countResults counts passed and failed tests; a test that errors fails,
+// a skipped one counts as neither.
+func countResults(results []*tester.Result) (passed, failed int) {
 	for _, r := range results {
 		switch {
 		case r.Skip:
@@ -71,7 +104,11 @@ func RunTests(ctx context.Context, fsys fs.FS, w io.Writer, verbose bool) (passe
 			failed++
 		}
 	}
+	return passed, failed
+}
 
+// report writes OPA's report of results to w.
+func report(w io.Writer, results []*tester.Result, verbose bool) error {
 	sorted := make(chan *tester.Result, len(results))
 	for _, r := range results {
 		sorted <- r
@@ -79,10 +116,7 @@ func RunTests(ctx context.Context, fsys fs.FS, w io.Writer, verbose bool) (passe
 	close(sorted)
 	rep := tester.PrettyReporter{Output: w, Verbose: verbose, FailureLine: true, LocalVars: true}
 	if err := rep.Report(sorted); err != nil {
-		return passed, failed, fmt.Errorf("policy: report: %w", err)
+		return fmt.Errorf("policy: report: %w", err)
 	}
-	if len(results) == 0 {
-		return 0, 0, errors.New("policy: no tests found (rules named test_*)")
-	}
-	return passed, failed, nil
+	return nil
 }

@@ -156,10 +156,16 @@ reasons contains "device revoked" if {
 	input.device.status == "revoked"
 }
 
+# Registered for bootstrap enrollment, but no SVID has been issued yet.
+reasons contains "device pending enrollment" if {
+	not allow
+	input.device.status == "pending"
+}
+
 reasons contains "device not active" if {
 	not allow
 	enrolled(input)
-	not input.device.status in {"active", "suspended", "revoked"}
+	not input.device.status in {"active", "pending", "suspended", "revoked"}
 }
 
 reasons contains "trust domain not served" if {

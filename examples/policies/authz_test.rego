@@ -118,10 +118,25 @@ test_connect_revoked_denied if {
 	"device revoked" in reasons(connect(s1, device("s1", {}, "revoked")))
 }
 
+test_connect_pending_denied if {
+	pending := device("s1", {"role": "sensor"}, "pending")
+	denied(connect(s1, pending))
+	reasons(connect(s1, pending)) == {"device pending enrollment"}
+	denied(publish(s1, pending, "devices/s1/telemetry/temp"))
+	denied(subscribe(s1, pending, "devices/s1/commands/#"))
+	denied(receive(s1, pending, "devices/s1/commands/x"))
+	denied(will(s1, pending, "devices/s1/state", false))
+	denied(admin_request(adm, device("admin-dev", {"role": "admin"}, "pending")))
+
+	# Positive control: the same device once active.
+	allowed(connect(s1, device("s1", {"role": "sensor"}, "active")))
+}
+
 test_connect_unknown_status_denied if {
 	denied(connect(s1, device("s1", {}, "Active")))
 	denied(connect(s1, device("s1", {}, "")))
-	"device not active" in reasons(connect(s1, device("s1", {}, "pending")))
+	reasons(connect(s1, device("s1", {}, "Active"))) == {"device not active"}
+	reasons(connect(s1, device("s1", {}, 1))) == {"device not active"}
 }
 
 test_trust_domain_config if {
