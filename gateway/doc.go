@@ -21,6 +21,23 @@
 //	           queued messages of a resumed session (OnSessionEstablish).
 //	Last Will  OnWill, again at the moment it would be sent.
 //
-// A change in the device registry is applied to live sessions at once: a
-// device that is revoked, suspended or deleted loses its connections.
+// Verification does not stop at CONNECT:
+//
+//   - A connection lasts as long as the certificate chain it was verified
+//     with: when the SVID expires, MQTT 5 clients get DISCONNECT 0xA0 with
+//     reason string "SVID expired" (MQTT 3.1.1 connections are closed). A
+//     persistent session stays, for the device to resume with a renewed
+//     SVID.
+//   - A change in the device registry is applied to live sessions at once:
+//     a device that is revoked, suspended or deleted loses its connections
+//     (DISCONNECT 0x87), and one whose record changed otherwise keeps only
+//     the subscriptions and queued messages its new record allows. Each
+//     session holds a registry channel closed when its own record changes,
+//     so a change costs a lookup for the sessions it concerns only.
+//   - Reevaluate, called when a new policy revision is activated, re-checks
+//     every session, connected or kept offline: the CONNECT (and will) again,
+//     every subscription, every queued or in-flight message.
+//
+// Every denial is logged with the decision's ID (decision_id) when a
+// decision logger set one, so it can be found in the decision log.
 package gateway

@@ -9,12 +9,14 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
 )
@@ -33,9 +35,16 @@ const (
 	// topics. Devices never receive them, so a day keeps mochi from stopping
 	// the world for runtime.ReadMemStats every second.
 	sysTopicInterval = 24 * 60 * 60
+
+	// disconnectTimeout bounds the writing of a server DISCONNECT. A peer
+	// that stops reading could otherwise hold the write, and mochi's lock on
+	// its connection, for good; when the time is up the connection is
+	// closed without it.
+	disconnectTimeout = 5 * time.Second
 )
 
-// Config configures a Gateway. Every field but Now and Logger is required.
+// Config configures a Gateway. Every field but Now, Logger and Metrics is
+// required.
 type Config struct {
 	Addr     string      // listen address, e.g. "127.0.0.1:8883" or "127.0.0.1:0"
 	TLS      *tls.Config // from identity.ServerTLSConfig: must require client certificates
@@ -44,6 +53,10 @@ type Config struct {
 	Decider  policy.Decider
 	Logger   *slog.Logger     // nil means slog.Default()
 	Now      func() time.Time // clock for policy input time; nil means time.Now
+	// Metrics counts sessions, connections, revocations and the
+	// disconnects the gateway makes; nil counts nothing. Decisions are
+	// counted by wrapping the Decider (metrics.Wrap), not here.
+	Metrics *metrics.Metrics
 }
 
 // Session describes one live MQTT connection.
@@ -65,6 +78,7 @@ type Gateway struct {
 	decider  policy.Decider
 	log      *slog.Logger
 	now      func() time.Time
+	metrics  *metrics.Metrics
 
 	server *mqtt.Server
 	hook   *hook
@@ -85,6 +99,11 @@ type Gateway struct {
 	inputs sync.Pool
 
 	wills delayedWills
+
+	// reeval runs the re-evaluations Reevaluate asks for; watch is the
+	// state of the registry watcher.
+	reeval reevaluator
+	watch  watchState
 
 	// connectTimeout is the constant of that name; tests shorten it.
 	connectTimeout time.Duration
@@ -119,6 +138,7 @@ func New(cfg Config) (*Gateway, error) {
 		decider:  cfg.Decider,
 		log:      cfg.Logger,
 		now:      cfg.Now,
+		metrics:  cfg.Metrics,
 
 		connectTimeout: connectTimeout,
 	}
@@ -130,6 +150,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.inputs.New = func() any { return new(policy.Input) }
+	g.reeval.wake = make(chan struct{}, 1)
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	// The policy contract knows MQTT 3.1.1 (4) and 5 only; mochi would also
@@ -166,7 +187,7 @@ func (g *Gateway) Start() error {
 	if err != nil {
 		return fmt.Errorf("gateway: listen: %w", err)
 	}
-	if err := g.server.AddListener(newListener(listenerID, tcp, g.tls, g.connectTimeout)); err != nil {
+	if err := g.server.AddListener(newListener(listenerID, tcp, g.tls, g.connectTimeout, g.metrics.ConnectionRefused)); err != nil {
 		_ = tcp.Close()
 		return fmt.Errorf("gateway: %w", err)
 	}
@@ -176,8 +197,9 @@ func (g *Gateway) Start() error {
 	}
 	g.listenAddr = tcp.Addr()
 	g.started = true
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go g.watchRegistry()
+	go g.runReevaluations()
 	g.log.Info("gateway: listening", "addr", g.listenAddr.String())
 	return nil
 }
@@ -237,6 +259,12 @@ func (g *Gateway) Close() error {
 
 	g.cancel()
 	g.wills.stopAll()
+	// No SVID expiry fires once the gateway closes: mochi ends every
+	// connection itself.
+	g.sessions.Range(func(_, v any) bool {
+		v.(*session).stopExpiry()
+		return true
+	})
 	var err error
 	if started {
 		// mochi's Close closes the listener, disconnects every client and
@@ -250,6 +278,16 @@ func (g *Gateway) Close() error {
 	return nil
 }
 
+// watchState is what the registry watcher shows of itself.
+type watchState struct {
+	// waiting is the registry watch channel the watcher waits on between
+	// passes (a chan struct{} in an atomic.Value): when it is the store's
+	// current channel, every change so far has been applied.
+	waiting atomic.Value
+	// lastPass is the duration of the last pass, in nanoseconds.
+	lastPass atomic.Int64
+}
+
 // watchRegistry applies every registry change to the sessions mochi holds.
 func (g *Gateway) watchRegistry() {
 	defer g.wg.Done()
@@ -258,14 +296,24 @@ func (g *Gateway) watchRegistry() {
 		// Take the channel before reading the registry, so a change made
 		// while the sessions are checked wakes the loop again.
 		ch := g.reg.Watch()
-		g.recheckAll()
-		if ch != nil && ch == prev {
-			// A closed store hands out one closed channel for good. The
-			// pass above has cut every session (lookups now fail) and new
-			// CONNECTs are refused, so there is nothing left to watch.
+		// A closed store hands out one closed channel for good. It closes
+		// no record channel, so the pass looks every session up: lookups
+		// now fail, which cuts every session. New CONNECTs are refused,
+		// so there is nothing left to watch.
+		closed := ch != nil && ch == prev
+		start := time.Now()
+		checked, cut := g.recheckAll(closed)
+		took := time.Since(start)
+		g.watch.lastPass.Store(int64(took))
+		if checked > 0 {
+			g.log.Debug("gateway: registry change applied", "sessions_checked", checked, "disconnected", cut,
+				"took", took.String())
+		}
+		if closed {
 			return
 		}
 		prev = ch
+		g.watch.waiting.Store(ch)
 		select {
 		case <-ch:
 		case <-g.ctx.Done():
@@ -274,29 +322,105 @@ func (g *Gateway) watchRegistry() {
 	}
 }
 
-// recheckAll re-reads the registry record of every session and cuts those
-// that may no longer be connected.
-func (g *Gateway) recheckAll() {
+// recheckAll re-reads the registry record of every session whose record
+// changed (of every session when all is set). A session that may no longer
+// be connected is cut; one whose record changed in a way the policy may
+// care about (labels, a new enrollment) keeps only the subscriptions and
+// queued messages its new subject may have.
+//
+// The pass takes no lock across sessions, and a session whose record is
+// unchanged costs a look at its record channel: no lookup, no policy. It
+// returns how many sessions were looked up and how many connections cut.
+func (g *Gateway) recheckAll(all bool) (checked, cut int) {
+	var revoked map[string]struct{} // identities whose sessions this pass cut
 	g.sessions.Range(func(_, v any) bool {
 		s := v.(*session)
-		if !s.revoked.Load() && !g.refresh(s) {
-			g.kick(s)
+		if s.revoked.Load() || s.replaced.Load() {
+			// A replaced session is the new connection's to check.
+			return true
+		}
+		if !all && !s.recordChanged() {
+			return true
+		}
+		checked++
+		why, changed := g.refresh(s)
+		switch {
+		case why != "":
+			if g.kick(s, packets.ErrNotAuthorized, why) {
+				cut++
+				if _, seen := revoked[s.spiffeID]; !seen {
+					if revoked == nil {
+						revoked = make(map[string]struct{})
+					}
+					revoked[s.spiffeID] = struct{}{}
+					g.metrics.Revoked()
+				}
+			}
+		case changed:
+			g.prune(s)
 		}
 		return true
 	})
+	return checked, cut
 }
 
-// kick ends a session's connection at once: MQTT 5 clients are told why
-// (DISCONNECT 0x87); MQTT 3.1.1 has no server DISCONNECT, so the connection
-// is just closed.
-func (g *Gateway) kick(s *session) {
-	if s.cl.Closed() {
-		return
+// Disconnect reasons: the reason label of metrics.Disconnected and of the
+// log line of every connection the gateway ends. A fixed set, so the label
+// cannot grow.
+const (
+	reasonRevoked       = "revoked"        // device revoked
+	reasonSuspended     = "suspended"      // device suspended
+	reasonInactive      = "inactive"       // device in another non-active state (pending)
+	reasonDeleted       = "deleted"        // device removed from the registry
+	reasonRegistryError = "registry_error" // the registry could not answer
+	reasonPolicy        = "policy"         // the policy no longer admits the session
+	reasonSVIDExpired   = "svid_expired"   // the peer's certificate chain expired
+	reasonTakeover      = "takeover"       // a new connection took the session over
+	reasonPublishDenied = "publish_denied" // MQTT 3.1.1 QoS>0 PUBLISH denied
+)
+
+// statusReason is the disconnect reason for a device in status st.
+func statusReason(st registry.Status) string {
+	switch st {
+	case registry.StatusRevoked:
+		return reasonRevoked
+	case registry.StatusSuspended:
+		return reasonSuspended
 	}
-	g.log.Info("gateway: disconnecting session", "spiffe_id", s.spiffeID, "client_id", s.clientID,
-		"remote_addr", s.remote)
+	return reasonInactive
+}
+
+// codeSVIDExpired is the DISCONNECT reason of a connection whose SVID
+// expired: 0xA0 "Maximum connect time" says the connection lasted as long as
+// it may, not that the identity lost its rights (0x87), so a client renews
+// its SVID and reconnects rather than giving up.
+var codeSVIDExpired = packets.Code{Code: packets.ErrMaxConnectTime.Code, Reason: "SVID expired"}
+
+// kick ends the connection of s, once, and reports whether it did (false
+// when the connection had already ended or was being ended). MQTT 5 clients
+// are told why with a DISCONNECT carrying code; MQTT 3.1.1 has no server
+// DISCONNECT, so the connection is just closed.
+//
+// The caller marks the session revoked first when it may no longer decide
+// anything. The DISCONNECT is written on a goroutine of its own: a peer that
+// does not read stalls neither the caller's pass over the other sessions
+// nor anything else.
+func (g *Gateway) kick(s *session, code packets.Code, reason string) bool {
+	if s.cl.Closed() || !s.ended.CompareAndSwap(false, true) {
+		return false
+	}
+	g.log.Info("gateway: disconnecting session", "reason", reason, "code", code.Code,
+		"spiffe_id", s.spiffeID, "client_id", s.clientID, "remote_addr", s.remote)
+	g.metrics.Disconnected(reason)
+	go g.disconnect(s, code)
+	return true
+}
+
+func (g *Gateway) disconnect(s *session, code packets.Code) {
 	if s.version == 5 {
-		_ = g.server.DisconnectClient(s.cl, packets.ErrNotAuthorized)
+		t := time.AfterFunc(disconnectTimeout, func() { s.cl.Stop(code) })
+		_ = g.server.DisconnectClient(s.cl, code) // writes, then stops
+		t.Stop()
 	}
-	s.cl.Stop(packets.ErrNotAuthorized)
+	s.cl.Stop(code)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -30,6 +31,7 @@ func (h *hook) Provides(b byte) bool {
 	case mqtt.OnConnect,
 		mqtt.OnConnectAuthenticate,
 		mqtt.OnSessionEstablish,
+		mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect,
 		mqtt.OnClientExpired,
 		mqtt.OnACLCheck,
@@ -72,6 +74,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 			code = packets.Err3NotAuthorized
 		}
 		_ = g.server.SendConnack(cl, code, false, nil)
+		g.metrics.ConnectionRefused()
 		g.log.Info("gateway: CONNECT refused",
 			append([]any{"reason", why, "client_id", clientID, "remote_addr", remote}, attrs...)...)
 		return errConnectRefused
@@ -81,10 +84,15 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	if !ok {
 		return refuse("not a TLS connection")
 	}
-	id, err := g.verifier.PeerID(tc.ConnectionState())
+	cs := tc.ConnectionState()
+	// PeerID verifies the chain now, expiry included: a resumed TLS
+	// session, which skips the handshake's own verification, gets no
+	// further than a full handshake would.
+	id, err := g.verifier.PeerID(cs)
 	if err != nil {
 		return refuse("peer identity not verified", "err", err)
 	}
+	notAfter := chainNotAfter(cs.PeerCertificates)
 	spiffeID := id.String()
 	if strings.IndexByte(spiffeID, ' ') >= 0 {
 		// Cannot happen with a valid SPIFFE ID; the client ID scoping
@@ -92,9 +100,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		return refuse("SPIFFE ID contains a space", "spiffe_id", spiffeID)
 	}
 
-	// The registry watch is taken before the lookup: see the end.
-	watch := g.reg.Watch()
-	dev, err := g.lookupDevice(spiffeID)
+	// The lookup comes with a channel closed when the record changes: see
+	// the end.
+	dev, record, err := g.lookupDevice(spiffeID)
 	if err != nil {
 		return refuse("registry lookup failed", "spiffe_id", spiffeID, "err", err)
 	}
@@ -110,33 +118,41 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		remote:      remote,
 		version:     version,
 		connectedAt: g.now(),
+		notAfter:    notAfter,
 	}
 	s.device.Store(dev)
+	s.record.Store(&record)
 	s.subject.Store(newSubject(id, dev, clientID, remote, version))
+	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 1 {
+		s.will, s.hasWill = cl.Properties.Will, true
+	}
 
 	if !g.decide(s, policy.ActionConnect, "", "", 0, false, false, 0) {
 		return refuse("denied by policy", "spiffe_id", spiffeID)
 	}
-	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 1 && !g.allowWill(s, cl.Properties.Will) {
+	if s.hasWill && !g.allowWill(s, s.will) {
 		return refuse("will denied", "spiffe_id", spiffeID)
 	}
 
 	// Bind the client ID to the identity for everything mochi keys on it.
 	cl.ID = scopedClientID(spiffeID, clientID)
 	s.online.Store(true)
+	// The connection lasts as long as the SVID it was verified with. The
+	// timer costs nothing until it fires; OnDisconnect stops it.
+	s.expiry = time.AfterFunc(time.Until(notAfter), func() { g.kick(s, codeSVIDExpired, reasonSVIDExpired) })
 	g.sessions.Store(cl, s)
 
 	// A registry change after the lookup above may have been checked by the
 	// watcher before this session was stored, so it would never be applied
-	// to it. If one happened, look again.
-	select {
-	case <-watch:
-		if !g.refresh(s) {
+	// to it. If the record changed, look again.
+	if s.recordChanged() {
+		if why, _ := g.refresh(s); why != "" {
+			s.stopExpiry()
 			g.sessions.Delete(cl)
-			return refuse("device changed during CONNECT", "spiffe_id", spiffeID)
+			return refuse("device changed during CONNECT", "spiffe_id", spiffeID, "why", why)
 		}
-	default:
 	}
+	g.metrics.ConnectionAccepted()
 	return nil
 }
 
@@ -183,29 +199,15 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		return // mochi discards the old session
 	}
 
-	for filter, sub := range old.State.Subscriptions.GetAll() {
-		if g.allowSubscribe(s, filter, sub.Qos) {
-			continue
-		}
-		old.State.Subscriptions.Delete(filter)
-		if g.server.Topics.Unsubscribe(filter, old.ID) {
-			atomic.AddInt64(&g.server.Info.Subscriptions, -1)
-		}
-	}
-	for _, m := range old.State.Inflight.GetAll(false) {
-		// Only outgoing PUBLISHes carry messages; PUBREC/PUBREL entries are
-		// acknowledgements of exchanges already decided.
-		if m.FixedHeader.Type != packets.Publish {
-			continue
-		}
-		// A message queued with an outbound topic alias has lost its topic
-		// name; the alias means nothing on the new connection, so it goes.
-		if isTopicName(m.TopicName) && g.decide(s, policy.ActionReceive, m.TopicName, "", 0, false, false, 0) {
-			continue
-		}
-		if old.State.Inflight.Delete(m.PacketID) {
-			atomic.AddInt64(&g.server.Info.Inflight, -1)
-		}
+	g.pruneSubscriptions(s, old)
+	g.pruneInflight(s, old)
+}
+
+// OnSessionEstablished counts the session as connected: mochi has answered
+// the CONNECT and will call OnDisconnect when the connection ends.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if s := h.g.session(cl); s != nil && s.opened.CompareAndSwap(false, true) {
+		h.g.metrics.SessionOpened()
 	}
 }
 
@@ -217,11 +219,19 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if s == nil {
 		return
 	}
+	s.stopExpiry()
 	// online is cleared before replaced is read, and OnSessionEstablish
 	// sets replaced before it reads online: one of the two deletes.
 	s.online.Store(false)
-	if expire || s.replaced.Load() || cl.IsTakenOver() {
+	takenOver := s.replaced.Load() || cl.IsTakenOver()
+	if expire || takenOver {
 		h.g.sessions.Delete(cl)
+	}
+	if s.opened.CompareAndSwap(true, false) {
+		h.g.metrics.SessionClosed()
+		if takenOver && s.ended.CompareAndSwap(false, true) {
+			h.g.metrics.Disconnected(reasonTakeover)
+		}
 	}
 }
 
@@ -233,23 +243,45 @@ func (h *hook) OnClientExpired(cl *mqtt.Client) {
 // OnSubscribe decides every filter of a SUBSCRIBE and records the decisions
 // for OnACLCheck, which mochi calls per filter to get its reason code.
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	s := h.g.session(cl)
+	g := h.g
+	s := g.session(cl)
 	if s == nil {
 		return pk // no session: OnACLCheck denies every filter
 	}
+	// Loaded before deciding: see OnSubscribed.
+	s.subEpoch = g.reeval.epoch.Load()
+	s.subSubject = s.subject.Load()
+	ended := s.ended.Load()
 	ds := make([]filterDecision, len(pk.Filters))
 	for i, sub := range pk.Filters {
-		ds[i] = filterDecision{filter: sub.Filter, allow: h.g.allowSubscribe(s, sub.Filter, sub.Qos)}
+		ds[i] = filterDecision{filter: sub.Filter, allow: !ended && g.allowSubscribe(s, sub.Filter, sub.Qos)}
 	}
 	s.pending.Store(&ds)
 	return pk
 }
 
-// OnSubscribed ends the SUBSCRIBE: mochi has asked about every filter.
-// Retained messages are delivered after this, each decided as a receive.
-func (h *hook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) {
-	if s := h.g.session(cl); s != nil {
-		s.pending.Store(nil)
+// OnSubscribed ends the SUBSCRIBE: mochi has asked about every filter and
+// added the granted ones. Retained messages are delivered after this, each
+// decided as a receive.
+//
+// A re-evaluation (policy activation) or a registry change that came
+// between the decisions and mochi adding the subscriptions may have looked
+// at the session before they were there. If one did, the granted filters
+// are decided again, and any now denied is removed.
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	g := h.g
+	s := g.session(cl)
+	if s == nil {
+		return
+	}
+	s.pending.Store(nil)
+	if g.reeval.epoch.Load() == s.subEpoch && s.subject.Load() == s.subSubject {
+		return
+	}
+	for i, sub := range pk.Filters {
+		if i < len(codes) && codes[i] < packets.ErrUnspecifiedError.Code && !g.allowSubscribe(s, sub.Filter, sub.Qos) {
+			g.unsubscribe(cl, sub.Filter)
+		}
 	}
 }
 
@@ -295,7 +327,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return false
 	}
 	if write {
-		return true
+		return !s.ended.Load()
 	}
 	if p := s.pending.Load(); p != nil {
 		for i := range *p {
@@ -330,7 +362,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil // a delayed will, decided when its timer fired
 	}
 	s := g.session(cl)
-	if s != nil && !s.revoked.Load() && !s.replaced.Load() {
+	if s != nil && !s.revoked.Load() && !s.replaced.Load() && !s.ended.Load() {
 		if !isTopicName(pk.TopicName) {
 			g.deny(s, policy.ActionPublish, "topic", pk.TopicName, "not a topic devices may use")
 		} else if g.decide(s, policy.ActionPublish, pk.TopicName, "", pk.FixedHeader.Qos, pk.FixedHeader.Retain, false, len(pk.Payload)) {
@@ -340,6 +372,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	switch {
 	case pk.FixedHeader.Qos == 0 || cl.Net.Inline:
 	case cl.Properties.ProtocolVersion < 5:
+		if s != nil && !cl.Closed() && s.ended.CompareAndSwap(false, true) {
+			g.metrics.Disconnected(reasonPublishDenied)
+		}
 		cl.Stop(packets.ErrNotAuthorized)
 	default:
 		ack := packets.Puback

@@ -28,6 +28,7 @@ type listener struct {
 	tcp     net.Listener
 	tls     *tls.Config
 	timeout time.Duration
+	refused func() // counts a connection refused in the handshake
 	log     *slog.Logger
 
 	wg     sync.WaitGroup
@@ -38,8 +39,11 @@ type listener struct {
 
 var _ listeners.Listener = (*listener)(nil)
 
-func newListener(id string, tcp net.Listener, cfg *tls.Config, timeout time.Duration) *listener {
-	return &listener{id: id, tcp: tcp, tls: cfg, timeout: timeout, conns: make(map[net.Conn]struct{})}
+func newListener(id string, tcp net.Listener, cfg *tls.Config, timeout time.Duration, refused func()) *listener {
+	if refused == nil {
+		refused = func() {}
+	}
+	return &listener{id: id, tcp: tcp, tls: cfg, timeout: timeout, refused: refused, conns: make(map[net.Conn]struct{})}
 }
 
 func (l *listener) ID() string       { return l.id }
@@ -90,6 +94,7 @@ func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
 	tc := tls.Server(c, l.tls)
 	if err := tc.HandshakeContext(context.Background()); err != nil {
 		l.log.Info("gateway: TLS handshake refused", "remote_addr", c.RemoteAddr().String(), "err", err)
+		l.refused()
 		_ = tc.Close()
 		return
 	}

@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"maps"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,8 +32,11 @@ type session struct {
 	// replaced, never changed, when the registry record changes.
 	subject atomic.Pointer[policy.Subject]
 	// device is the registry record subject was built from (nil: not
-	// enrolled).
-	device atomic.Pointer[registry.Device]
+	// enrolled), and record a channel the registry closes when that record
+	// may have changed. refreshMu orders the refreshes of one session.
+	device    atomic.Pointer[registry.Device]
+	record    atomic.Pointer[<-chan struct{}]
+	refreshMu sync.Mutex
 	// revoked is set when the session may no longer do anything: every
 	// decision for it denies without asking the policy.
 	revoked atomic.Bool
@@ -46,6 +51,63 @@ type session struct {
 	// pending holds the decided filters of the SUBSCRIBE being processed;
 	// see hook.OnACLCheck.
 	pending atomic.Pointer[[]filterDecision]
+	// subEpoch and subSubject are the re-evaluation epoch and the subject
+	// the SUBSCRIBE being processed was decided with (see OnSubscribed).
+	// Only the client's own goroutine touches them.
+	subEpoch   uint64
+	subSubject *policy.Subject
+
+	// will is the Last Will accepted at CONNECT. mochi clears its own copy
+	// on the client's goroutine when the connection ends cleanly, so
+	// re-evaluation reads this one.
+	will    mqtt.Will
+	hasWill bool
+	// notAfter is when the peer's certificate chain stops being valid;
+	// expiry ends the connection then. Both are set before the session is
+	// stored and never changed.
+	notAfter time.Time
+	expiry   *time.Timer
+	// ended is set once the gateway has started to end this connection
+	// (see Gateway.kick). The connection decides nothing more of its own;
+	// a persistent session it leaves behind still receives unless revoked.
+	ended atomic.Bool
+	// opened is true while the session is counted as connected.
+	opened atomic.Bool
+}
+
+// recordChanged reports whether the registry record s was last checked
+// against may have changed since (true when s has no record channel).
+func (s *session) recordChanged() bool {
+	ch := s.record.Load()
+	if ch == nil || *ch == nil {
+		return true
+	}
+	select {
+	case <-*ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// stopExpiry stops the SVID expiry timer of s, if any.
+func (s *session) stopExpiry() {
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+}
+
+// chainNotAfter returns the earliest expiry in a certificate chain: a
+// chain is valid only while every certificate in it is. An empty chain has
+// expired.
+func chainNotAfter(chain []*x509.Certificate) time.Time {
+	var t time.Time
+	for i, c := range chain {
+		if i == 0 || c.NotAfter.Before(t) {
+			t = c.NotAfter
+		}
+	}
+	return t
 }
 
 // filterDecision is the subscribe decision on one filter of a SUBSCRIBE.
@@ -94,16 +156,18 @@ func newSubject(id spiffeid.ID, dev *registry.Device, clientID, remote string, v
 }
 
 // lookupDevice returns the registry record of spiffeID, nil when the
-// identity is not enrolled. Any other error is returned: the caller denies.
-func (g *Gateway) lookupDevice(spiffeID string) (*registry.Device, error) {
-	dev, err := g.reg.GetBySPIFFEID(spiffeID)
+// identity is not enrolled, and a channel the registry closes when that
+// may change (for an identity not enrolled, possibly spuriously). Any other
+// error is returned: the caller denies.
+func (g *Gateway) lookupDevice(spiffeID string) (*registry.Device, <-chan struct{}, error) {
+	dev, ch, err := g.reg.WatchDevice(spiffeID)
 	if errors.Is(err, registry.ErrNotFound) {
-		return nil, nil
+		return nil, ch, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return dev, nil
+	return dev, ch, nil
 }
 
 // mayConnect is the gateway's own floor under the policy: an enrolled
@@ -113,39 +177,57 @@ func mayConnect(dev *registry.Device) bool {
 	return dev == nil || dev.Status == registry.StatusActive
 }
 
-// refresh brings s up to date with the registry and reports whether the
-// session may go on. A session may not go on when its device is suspended,
-// revoked or gone (enrolled at CONNECT, unknown now), when the registry
-// cannot answer, or when the policy no longer lets its new subject connect.
-// A session that may not go on is marked revoked; the caller disconnects it.
-func (g *Gateway) refresh(s *session) bool {
-	dev, err := g.lookupDevice(s.spiffeID)
+// refresh brings s up to date with the registry. It returns why the
+// session may not go on ("" when it may), and whether its subject changed.
+// A session may not go on when its device is suspended, revoked or gone
+// (enrolled at CONNECT, unknown now), when the registry cannot answer, or
+// when the policy no longer admits its new subject (see admitted). A session
+// that may not go on is marked revoked; the caller disconnects it.
+func (g *Gateway) refresh(s *session) (why string, changed bool) {
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	dev, ch, err := g.lookupDevice(s.spiffeID)
+	if err == nil {
+		s.record.Store(&ch)
+	}
 	prev := s.device.Load()
 	switch {
 	case err != nil:
 		g.log.Warn("gateway: registry lookup failed; cutting session", "spiffe_id", s.spiffeID, "err", err)
 		s.revoked.Store(true)
-		return false
-	case prev != nil && dev == nil, !mayConnect(dev):
+		return reasonRegistryError, false
+	case prev != nil && dev == nil:
 		s.revoked.Store(true)
-		if dev != nil {
-			s.device.Store(dev)
-			s.subject.Store(newSubject(s.id, dev, s.clientID, s.remote, s.version))
-		}
-		g.log.Info("gateway: device no longer active", "spiffe_id", s.spiffeID, "client_id", s.clientID)
-		return false
+		g.log.Info("gateway: device no longer enrolled", "spiffe_id", s.spiffeID, "client_id", s.clientID)
+		return reasonDeleted, false
+	case !mayConnect(dev):
+		s.revoked.Store(true)
+		s.device.Store(dev)
+		s.subject.Store(newSubject(s.id, dev, s.clientID, s.remote, s.version))
+		g.log.Info("gateway: device no longer active", "spiffe_id", s.spiffeID, "client_id", s.clientID,
+			"status", string(dev.Status))
+		return statusReason(dev.Status), true
 	case sameDevice(prev, dev):
-		return true
+		return "", false
 	}
 	s.device.Store(dev)
 	s.subject.Store(newSubject(s.id, dev, s.clientID, s.remote, s.version))
 	// The subject changed (labels, name): the connection stands only if the
-	// policy would let the new subject connect.
-	if !g.decide(s, policy.ActionConnect, "", "", 0, false, false, 0) {
+	// policy would admit the new subject.
+	if !g.admitted(s) {
 		s.revoked.Store(true)
+		return reasonPolicy, true
+	}
+	return "", true
+}
+
+// admitted reports whether the policy would accept the CONNECT of s now:
+// the "connect" decision and, while the connection lasts, its Last Will.
+func (g *Gateway) admitted(s *session) bool {
+	if !g.decide(s, policy.ActionConnect, "", "", 0, false, false, 0) {
 		return false
 	}
-	return true
+	return !s.hasWill || !s.online.Load() || g.allowWill(s, s.will)
 }
 
 func sameDevice(a, b *registry.Device) bool {
@@ -185,7 +267,7 @@ func (g *Gateway) decide(s *session, action policy.Action, topic, filter string,
 
 // logDenied writes the decision log line of a denial.
 func (g *Gateway) logDenied(s *session, in *policy.Input, d policy.Decision) {
-	attrs := make([]slog.Attr, 0, 9)
+	attrs := make([]slog.Attr, 0, 10)
 	attrs = append(attrs,
 		slog.String("action", string(in.Action)),
 		slog.String("spiffe_id", s.spiffeID),
@@ -201,6 +283,10 @@ func (g *Gateway) logDenied(s *session, in *policy.Input, d policy.Decision) {
 		attrs = append(attrs, slog.Bool("will", true))
 	}
 	attrs = append(attrs, slog.Any("reasons", d.Reasons), slog.String("revision", d.Revision))
+	if d.ID != "" {
+		// The key of the decision's entry in the decision log.
+		attrs = append(attrs, slog.String("decision_id", d.ID))
+	}
 	if d.Err != nil {
 		attrs = append(attrs, slog.String("err", d.Err.Error()))
 	}

@@ -105,7 +105,10 @@ func (w *delayedWills) fire(key string, pw *pendingWill) {
 	defer w.running.Done()
 
 	g, s, will := w.g, pw.s, pw.will
-	if s.revoked.Load() || !g.refresh(s) || !g.allowWill(s, will) {
+	if s.revoked.Load() {
+		return
+	}
+	if why, _ := g.refresh(s); why != "" || !g.allowWill(s, will) {
 		return
 	}
 	pk := packets.Packet{
