@@ -118,6 +118,9 @@ func (s *Server) putPolicyModule(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("api: policy module refused", "module", name, "by", stateOf(r).peer, "err", err)
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
 		return
+	case errors.Is(err, policy.ErrInvalidModuleName):
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
 	case errors.Is(err, policy.ErrNoBackingDir):
 		writeError(w, http.StatusConflict, "the policy has no backing directory, so an uploaded module could not be kept; "+
 			"run with a policy directory")

@@ -449,7 +449,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *route) (s
 	if !dec.Allow || dec.Err != nil {
 		s.metrics.denied.Inc()
 		s.log.Info("api: denied by policy", "spiffe_id", spiffeID, "method", r.Method,
-			"path", r.URL.Path, "reasons", dec.Reasons, "revision", dec.Revision)
+			"path", r.URL.Path, "reasons", dec.Reasons, "revision", dec.Revision, "decision_id", dec.ID)
 		action := "api.request"
 		if rt != nil {
 			action = rt.action
