@@ -1,0 +1,286 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ztgate/ztgate/examples/policies"
+	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/policy"
+)
+
+// maxInput bounds the input document of `policy eval`.
+const maxInput = 4 << 20
+
+func (c *cli) newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Test and evaluate Rego policies, and manage the policy of a running gateway",
+		Long: `Test and evaluate Rego policies offline ("policy test", "policy eval"), and
+see or change the policy a running gateway enforces ("policy status",
+"policy push") through the admin API.`,
+		Args: cobra.NoArgs,
+	}
+	cmd.AddCommand(c.newPolicyTestCmd(), c.newPolicyEvalCmd(), c.newPolicyStatusCmd(), c.newPolicyPushCmd())
+	return cmd
+}
+
+func (c *cli) newPolicyStatusCmd() *cobra.Command {
+	f := &apiFlags{}
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the policy revision a running gateway enforces and the last refused one",
+		Long: `Show the policy revision a running gateway enforces: its content hash, when it
+was activated, its modules and directory, and the error of the last revision
+that was refused (it did not compile or its tests failed), if any.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, err := c.apiClient(cmd, f)
+			if err != nil {
+				return err
+			}
+			var st policyStatus
+			if err := client.do(cmd.Context(), http.MethodGet, "/v1/policy", nil, &st); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(c.stdout, st)
+			}
+			printPolicyStatus(c.stdout, st)
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON answer")
+	return cmd
+}
+
+func printPolicyStatus(w io.Writer, st policyStatus) {
+	fmt.Fprintf(w, "revision:     %s\n", st.Revision)
+	if !st.ActivatedAt.IsZero() {
+		fmt.Fprintf(w, "activated at: %s\n", st.ActivatedAt.UTC().Format(time.RFC3339))
+	}
+	mods := "-"
+	if len(st.Modules) > 0 {
+		mods = strings.Join(st.Modules, ", ")
+	}
+	fmt.Fprintf(w, "modules:      %s\n", mods)
+	if st.Dir != "" {
+		fmt.Fprintf(w, "directory:    %s\n", st.Dir)
+	}
+	if st.LastError != "" {
+		at := ""
+		if !st.LastErrorAt.IsZero() {
+			at = " (at " + st.LastErrorAt.UTC().Format(time.RFC3339) + ")"
+		}
+		msg, long := summarize(st.LastError)
+		if long {
+			msg += " (the full report: policy status --json)"
+		}
+		fmt.Fprintf(w, "last refused: %s%s\n", msg, at)
+	}
+}
+
+// maxSummary is how long a refusal may be to be shown whole on one line.
+const maxSummary = 300
+
+// summarize turns a policy refusal (a compile error, or a test report of
+// many lines) into one line: the whole message when it is short, else its
+// first line, with long reporting that the rest was left out.
+func summarize(msg string) (line string, long bool) {
+	if one := oneLine(msg); len(one) <= maxSummary {
+		return one, false
+	}
+	first, _, _ := strings.Cut(strings.TrimSpace(msg), "\n")
+	first = strings.TrimSuffix(strings.TrimSpace(first), ":")
+	if len(first) > maxSummary {
+		first = first[:maxSummary] + "..."
+	}
+	return first, true
+}
+
+// maxModule bounds a module pushed with `policy push`.
+const maxModule = 1 << 20
+
+func (c *cli) newPolicyPushCmd() *cobra.Command {
+	f := &apiFlags{}
+	var name string
+	cmd := &cobra.Command{
+		Use:   "push FILE",
+		Short: "Upload a Rego module to a running gateway; it is enforced only if it compiles and the tests pass",
+		Long: `Upload a Rego module (or its *_test.rego tests) to a running gateway as NAME
+(default: the file's name), adding it or replacing the module of that name.
+The gateway compiles the new set of modules and runs its tests; only if both
+succeed is it activated and written to the gateway's policy directory.
+Otherwise the revision in force stays, and the error is printed.`,
+		Example: `  ztgate policy push ./site_isolation.rego
+  ztgate policy push ./new.rego --name authz.rego`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file := args[0]
+			if name == "" {
+				name = filepath.Base(file)
+			}
+			if !moduleNameRE.MatchString(name) {
+				return fmt.Errorf("module name %q: want letters, digits, '.', '_' or '-' ending in .rego", name)
+			}
+			raw, err := readInput(cmd.InOrStdin(), file)
+			if err != nil {
+				return err
+			}
+			if len(raw) > maxModule {
+				return fmt.Errorf("%s: larger than %d bytes", file, maxModule)
+			}
+			client, err := c.apiClient(cmd, f)
+			if err != nil {
+				return err
+			}
+			var st policyStatus
+			path := "/v1/policy/modules/" + url.PathEscape(name)
+			if err := client.send(cmd.Context(), http.MethodPut, path, "text/plain; charset=utf-8", raw, &st); err != nil {
+				var ae *apiError
+				if errors.As(err, &ae) && ae.Status == http.StatusUnprocessableEntity {
+					msg, long := summarize(ae.Message)
+					if long {
+						// The whole report (the failing tests and their
+						// values) is what the author needs to fix it.
+						fmt.Fprintln(c.stdout, strings.TrimSpace(ae.Message))
+						msg += " (the report is above)"
+					}
+					return fmt.Errorf("policy push %s: refused, the policy in force is unchanged: %s", name, msg)
+				}
+				return err
+			}
+			fmt.Fprintf(c.stdout, "pushed %s\n", name)
+			printPolicyStatus(c.stdout, st)
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringVar(&name, "name", "", "module name in the policy directory (default: the file's name)")
+	return cmd
+}
+
+var moduleNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+\.rego$`)
+
+func (c *cli) newPolicyTestCmd() *cobra.Command {
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "test DIR",
+		Short: "Run the Rego tests (*_test.rego) in DIR with ztgate's builtins",
+		Long: `Run the Rego tests (*_test.rego) in DIR with ztgate's builtins
+(mqtt.topic_matches, mqtt.filter_within). Fails when a test fails, or when no
+test ran at all.`,
+		Example: "  ztgate policy test examples/policies",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fsys, err := policy.LoadDir(args[0])
+			if err != nil {
+				return err
+			}
+			passed, failed, err := policy.RunTests(cmd.Context(), fsys, c.stdout, verbose)
+			if err != nil {
+				return err
+			}
+			switch {
+			case failed > 0:
+				return fmt.Errorf("policy test: %d of %d tests failed", failed, passed+failed)
+			case passed == 0:
+				return fmt.Errorf("policy test: no tests found in %s", args[0])
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every test, not only failures")
+	return cmd
+}
+
+func (c *cli) newPolicyEvalCmd() *cobra.Command {
+	var input, dir, td string
+	cmd := &cobra.Command{
+		Use:   "eval --input FILE",
+		Short: "Decide one policy input document and print the decision as JSON",
+		Long: `Decide one policy input document (the JSON of the policy contract; "-" reads
+stdin) with the policy in --policy-dir, or the embedded default policy, and print
+{"allow": ..., "reasons": [...], "revision": "..."}. The policy sees the same
+data as in the gateway (data.ztgate.config.trust_domain from --trust-domain).
+A deny is a decision, not an error: the exit code is 0 either way.`,
+		Example: `  ztgate policy eval --input publish.json
+  ztgate policy eval --input - --policy-dir ./policies < publish.json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			raw, err := readInput(cmd.InOrStdin(), input)
+			if err != nil {
+				return err
+			}
+			var fsys fs.FS = policies.FS
+			if dir != "" {
+				if fsys, err = policy.LoadDir(dir); err != nil {
+					return err
+				}
+			}
+			eng, err := policy.NewEngine(fsys, policy.Options{
+				Logger: slog.New(slog.DiscardHandler),
+				Data:   app.PolicyData(td),
+			})
+			if err != nil {
+				return err
+			}
+			// An evaluation error is reported as an error, not printed as a
+			// deny, so that a broken policy is not mistaken for a strict one.
+			d, err := eng.DecideJSON(cmd.Context(), raw)
+			if err != nil {
+				return err
+			}
+			out := evalOutput{Allow: d.Allow, Reasons: d.Reasons, Revision: d.Revision}
+			if out.Reasons == nil {
+				out.Reasons = []string{}
+			}
+			return writeJSON(c.stdout, out)
+		},
+	}
+	cmd.Flags().StringVar(&input, "input", "", `input document file ("-" for stdin)`)
+	cmd.Flags().StringVar(&dir, "policy-dir", "", "directory of Rego policy files (default: the embedded default policy)")
+	cmd.Flags().StringVar(&td, "trust-domain", app.DefaultTrustDomain, "trust domain the gateway serves, as the policy sees it in data.ztgate.config.trust_domain")
+	_ = cmd.MarkFlagRequired("input")
+	return cmd
+}
+
+type evalOutput struct {
+	Allow    bool     `json:"allow"`
+	Reasons  []string `json:"reasons"`
+	Revision string   `json:"revision"`
+}
+
+func readInput(stdin io.Reader, path string) ([]byte, error) {
+	r := stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	raw, err := io.ReadAll(io.LimitReader(r, maxInput+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > maxInput {
+		return nil, errors.New("input larger than 4 MiB")
+	}
+	return raw, nil
+}

@@ -1,0 +1,541 @@
+// Package app assembles a running ztgate from a Config: the built-in CA, the
+// device registry, the policy engine over its watched directory, the
+// decision log and metrics around every decision, the MQTT gateway and the
+// admin API. It is the one place that wires the packages together, used by
+// the ztgate command and by the end-to-end tests, so that both run the same
+// thing.
+package app
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ztgate/ztgate/api"
+	"github.com/ztgate/ztgate/decisionlog"
+	"github.com/ztgate/ztgate/gateway"
+	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/metrics"
+	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/registry"
+)
+
+// The dev admin identity: the registry device the ztgate command acts as.
+const (
+	AdminDeviceName = "admin-dev"
+	AdminIDPath     = "/admin/dev"
+	// AdminSVIDTTL is long because the dev admin SVID is written once and
+	// reused across restarts; delete DataDir/admin to get a fresh one.
+	AdminSVIDTTL = 365 * 24 * time.Hour
+	// adminRenewBefore is how close to expiry a start replaces the admin SVID.
+	adminRenewBefore = 7 * 24 * time.Hour
+	// ServerIDPath is the path of the gateway's own SPIFFE ID.
+	ServerIDPath = "/ztgate"
+)
+
+// registryMetricsInterval is the least time between two refreshes of the
+// registry gauges: an import of thousands of devices is thousands of
+// changes, and counting once a second is enough for a gauge.
+const registryMetricsInterval = time.Second
+
+// App is a running ztgate. Close stops it.
+type App struct {
+	cfg       Config
+	log       *slog.Logger
+	td        spiffeid.TrustDomain
+	adminDir  string
+	policyDir string
+
+	ca       *identity.CA
+	verifier *identity.Verifier
+	reg      *registry.Store
+	engine   *policy.Engine
+	decider  policy.Decider // what the gateway and the API call: log(metrics(engine))
+	dlog     *decisionlog.Logger
+	m        *metrics.Metrics
+	gw       *gateway.Gateway
+	api      *api.Server
+	prom     *prometheus.Registry
+
+	// stop ends the background goroutines (policy watch, registry
+	// metrics); wg waits for them.
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start validates cfg, opens or creates everything under cfg.DataDir and
+// starts the MQTT gateway and the admin API. ctx bounds the start only; the
+// returned App runs until Close. On any failure, whatever was opened is
+// closed again before the error is returned.
+func Start(ctx context.Context, cfg Config) (_ *App, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &App{cfg: cfg, log: cfg.Logger}
+	if a.log == nil {
+		a.log = cfg.NewLogger(os.Stderr)
+	}
+	defer func() {
+		if err != nil {
+			_ = a.Close()
+		}
+	}()
+
+	a.td, err = spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("app: trust domain: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("app: data dir: %w", err)
+	}
+	a.adminDir = filepath.Join(cfg.DataDir, "admin")
+
+	if a.ca, err = identity.LoadOrCreateCA(filepath.Join(cfg.DataDir, "ca"), a.td); err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	a.verifier = identity.NewVerifier(a.ca.Bundle())
+
+	if a.reg, err = registry.Open(filepath.Join(cfg.DataDir, "registry.db")); err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	if err := a.ensureAdmin(); err != nil {
+		return nil, err
+	}
+
+	a.prom = prometheus.NewRegistry()
+	a.prom.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.m = metrics.New(a.prom)
+	if cfg.DecisionLog.On() {
+		a.dlog, err = decisionlog.New(decisionlog.Config{
+			Path:        cfg.DecisionLog.Path,
+			MaxSizeMB:   cfg.DecisionLog.MaxSizeMB,
+			MaxBackups:  cfg.DecisionLog.MaxBackups,
+			SampleAllow: cfg.DecisionLog.SampleAllow,
+			ErrorLog:    a.log.With("component", "decisionlog"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("app: %w", err)
+		}
+		a.m.SetDecisionLogStats(a.dlog.Stats)
+	}
+
+	a.policyDir = cfg.EffectivePolicyDir()
+	if cfg.PolicyDir == "" {
+		seeded, err := seedPolicyDir(a.policyDir)
+		if err != nil {
+			return nil, err
+		}
+		if seeded {
+			a.log.Info("policy directory created with the default policy", "dir", a.policyDir)
+		}
+	}
+	if a.engine, err = a.newEngine(); err != nil {
+		return nil, err
+	}
+	// The metrics time the evaluation alone; the decision log, outermost,
+	// gives every deny the decision_id the enforcement point logs.
+	a.decider = a.dlog.Wrap(a.m.Wrap(a.engine))
+
+	// The steps above may take a while on a slow disk or a large policy;
+	// do not open listeners for a caller that has given up.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("app: start: %w", err)
+	}
+
+	certs, err := newServingCert(a.ca, spiffeid.RequireFromPath(a.td, ServerIDPath), cfg.ServerNames, a.log)
+	if err != nil {
+		return nil, err
+	}
+
+	gw, err := gateway.New(gateway.Config{
+		Addr:     cfg.MQTTAddr,
+		TLS:      certs.serverTLS(a.verifier),
+		Verifier: a.verifier,
+		Registry: a.reg,
+		Decider:  a.decider,
+		Logger:   a.log,
+		Metrics:  a.m,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	a.gw = gw
+	// A new revision applies to live sessions too: each is checked again,
+	// losing what the policy no longer grants.
+	a.engine.OnActivate(func(st policy.Status) { gw.Reevaluate("policy revision " + shortRev(st.Revision)) })
+	if err := gw.Start(); err != nil {
+		return nil, listenError("MQTT", cfg.MQTTAddr, err)
+	}
+
+	srv, err := api.New(api.Config{
+		Addr:     cfg.APIAddr,
+		TLS:      certs.apiTLS(a.verifier),
+		Registry: a.reg,
+		CA:       a.ca,
+		Verifier: a.verifier,
+		Decider:  a.decider,
+		Policy:   a.engine,
+		Ready:    a.ready,
+		Sessions: a.sessions,
+		SVIDTTL:  cfg.SVIDTTL,
+		Logger:   a.log,
+		Metrics:  a.prom,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	a.api = srv
+	if err := srv.Start(); err != nil {
+		return nil, listenError("API", cfg.APIAddr, err)
+	}
+
+	bg, stop := context.WithCancel(context.Background())
+	a.stop = stop
+	if cfg.PolicyWatch {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := policy.Watch(bg, a.engine, a.policyDir, 0, a.log); err != nil && bg.Err() == nil {
+				a.log.Error("policy directory no longer watched; changes need a restart", "dir", a.policyDir, "err", err)
+			}
+		}()
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.watchRegistry(bg)
+	}()
+
+	a.log.Info("ztgate started", "mqtt", a.MQTTAddr().String(), "api", a.APIAddr().String(),
+		"trust_domain", a.td.Name(), "data_dir", cfg.DataDir, "policy_dir", a.policyDir,
+		"policy_revision", a.engine.Revision())
+	return a, nil
+}
+
+// listenError names the listener and its address; a port already taken is
+// the common case and gets a message of its own.
+func listenError(what, addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("app: %s listen address %s: %w", what, addr, syscall.EADDRINUSE)
+	}
+	return fmt.Errorf("app: %s listener on %s: %w", what, addr, err)
+}
+
+// newEngine compiles the policy directory (its tests must pass) and hooks
+// the engine's activations and refusals to the metrics.
+func (a *App) newEngine() (*policy.Engine, error) {
+	fsys, err := policy.LoadDir(a.policyDir)
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	eng, err := policy.NewEngine(fsys, policy.Options{
+		Timeout: a.cfg.PolicyTimeout,
+		Logger:  a.log,
+		Data:    PolicyData(a.cfg.TrustDomain),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	// The same files again: nothing is compiled or tested twice; this
+	// makes the directory the one uploaded modules are written to.
+	if err := eng.LoadDir(a.policyDir); err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	// The engine logs activations and refusals itself.
+	a.m.PolicyActivated(eng.Revision())
+	eng.OnActivate(func(st policy.Status) { a.m.PolicyActivated(st.Revision) })
+	eng.OnReject(func(error) { a.m.PolicyActivationFailed() })
+	return eng, nil
+}
+
+// ready is the part of the API's readiness check the API cannot see for
+// itself (it checks the registry and the policy revision): the MQTT
+// listener is open.
+func (a *App) ready() error {
+	if a.gw == nil || a.gw.Addr() == nil {
+		return errors.New("MQTT listener not open")
+	}
+	return nil
+}
+
+// watchRegistry keeps the registry gauges current. (Revocations are
+// counted by the gateway, which sees the sessions they end.)
+func (a *App) watchRegistry(ctx context.Context) {
+	for {
+		ch := a.reg.Watch()
+		a.refreshRegistryMetrics()
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+		// Coalesce a burst of changes (an import) into one count.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(registryMetricsInterval):
+		}
+	}
+}
+
+func (a *App) refreshRegistryMetrics() {
+	devs, err := a.reg.List()
+	if err != nil {
+		return // closed: the app is stopping
+	}
+	counts := map[string]int{}
+	for _, d := range devs {
+		counts[string(d.Status)]++
+	}
+	a.m.SetRegistryCounts(counts)
+}
+
+// shortRev is a revision hash cut to the length logs show.
+func shortRev(rev string) string {
+	if len(rev) > 12 {
+		return rev[:12]
+	}
+	return rev
+}
+
+// PolicyData is the base document a policy may read next to its input: the
+// served trust domain as data.ztgate.config.trust_domain, so a policy need
+// not hard-code it. `ztgate policy eval` passes the same.
+func PolicyData(td string) map[string]any {
+	return map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": td}}}
+}
+
+// AdminID is the SPIFFE ID of the dev admin identity in td.
+func AdminID(td spiffeid.TrustDomain) spiffeid.ID { return spiffeid.RequireFromPath(td, AdminIDPath) }
+
+// ensureAdmin enrolls the dev admin identity and writes its SVID to the
+// admin dir unless a usable one is already there, so restarts keep the
+// credentials the ztgate command already uses.
+func (a *App) ensureAdmin() error {
+	id := AdminID(a.td)
+	d, err := a.reg.Get(AdminDeviceName)
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		d, err = a.reg.Create(registry.Device{
+			Name:     AdminDeviceName,
+			SPIFFEID: id.String(),
+			Labels:   map[string]string{"role": "admin"},
+			Status:   registry.StatusActive,
+		})
+		if err != nil {
+			return fmt.Errorf("app: enroll %s: %w", AdminDeviceName, err)
+		}
+	case err != nil:
+		return fmt.Errorf("app: registry: %w", err)
+	}
+	if d.SPIFFEID != id.String() {
+		return fmt.Errorf("app: device %s has SPIFFE ID %s, want %s (was %s made for another trust domain?)",
+			AdminDeviceName, d.SPIFFEID, id, a.cfg.DataDir)
+	}
+	if d.Status != registry.StatusActive {
+		a.log.Warn("the dev admin identity is not active; the ztgate command will be refused", "device", AdminDeviceName, "status", d.Status)
+	}
+
+	if err := a.checkAdminSVID(id); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		a.log.Info("issuing a new dev admin SVID", "reason", err.Error())
+	}
+	chain, key, err := a.ca.IssueSVID(id, AdminSVIDTTL)
+	if err != nil {
+		return fmt.Errorf("app: admin SVID: %w", err)
+	}
+	if err := identity.WriteSVIDDir(a.adminDir, chain, key, a.ca.BundlePEM()); err != nil {
+		return fmt.Errorf("app: admin SVID: %w", err)
+	}
+	return nil
+}
+
+// checkAdminSVID reports why the admin dir does not hold a usable SVID for
+// id under the current CA (nil when it does). One close to expiry counts as
+// unusable, so a restart renews it before the device commands start failing.
+func (a *App) checkAdminSVID(id spiffeid.ID) error {
+	raw, err := os.ReadFile(filepath.Join(a.adminDir, identity.SVIDFile))
+	if err != nil {
+		return err
+	}
+	for _, f := range []string{identity.SVIDKeyFile, identity.BundleFile} {
+		if _, err := os.Stat(filepath.Join(a.adminDir, f)); err != nil {
+			return err
+		}
+	}
+	chain, err := parseCerts(raw)
+	if err != nil {
+		return err
+	}
+	got, err := a.verifier.Verify(chain)
+	if err != nil {
+		return err
+	}
+	if got != id {
+		return fmt.Errorf("admin SVID is for %s, want %s", got, id)
+	}
+	if time.Until(chain[0].NotAfter) < adminRenewBefore {
+		return fmt.Errorf("admin SVID expires at %s", chain[0].NotAfter.UTC().Format(time.RFC3339))
+	}
+	if _, err := identity.LoadSVIDDir(a.adminDir); err != nil {
+		return err
+	}
+	return nil
+}
+
+func parseCerts(raw []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, raw = pem.Decode(raw)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no certificate in PEM")
+	}
+	return out, nil
+}
+
+func (a *App) sessions() []api.Session {
+	ss := a.gw.Sessions()
+	out := make([]api.Session, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, api.Session{
+			ClientID:        s.ClientID,
+			SPIFFEID:        s.SPIFFEID,
+			Device:          s.Device,
+			RemoteAddr:      s.RemoteAddr,
+			ProtocolVersion: s.ProtocolVersion,
+			ConnectedAt:     s.ConnectedAt,
+		})
+	}
+	return out
+}
+
+// MQTTAddr is the address the MQTT listener is bound to.
+func (a *App) MQTTAddr() net.Addr { return a.gw.Addr() }
+
+// APIAddr is the address the admin API is bound to.
+func (a *App) APIAddr() net.Addr { return a.api.Addr() }
+
+// APIURL is the base URL of the admin API, usable by a client on this host.
+func (a *App) APIURL() string { return "https://" + dialable(a.APIAddr()) }
+
+// AdminDir is the directory holding the dev admin SVID (svid.pem, svid.key,
+// bundle.pem).
+func (a *App) AdminDir() string { return a.adminDir }
+
+// TrustDomain is the trust domain the app serves.
+func (a *App) TrustDomain() spiffeid.TrustDomain { return a.td }
+
+// CA is the built-in certificate authority.
+func (a *App) CA() *identity.CA { return a.ca }
+
+// Verifier verifies peer SVIDs against the CA's bundle.
+func (a *App) Verifier() *identity.Verifier { return a.verifier }
+
+// Registry is the device registry.
+func (a *App) Registry() *registry.Store { return a.reg }
+
+// Engine is the policy engine deciding every action.
+func (a *App) Engine() *policy.Engine { return a.engine }
+
+// Gateway is the MQTT gateway.
+func (a *App) Gateway() *gateway.Gateway { return a.gw }
+
+// Prometheus is the Prometheus registry the admin API serves at /metrics.
+func (a *App) Prometheus() *prometheus.Registry { return a.prom }
+
+// Metrics is ztgate's instrumentation, registered in Prometheus().
+func (a *App) Metrics() *metrics.Metrics { return a.m }
+
+// Decider is what the gateway and the API decide with: the engine, timed
+// by the metrics, logged by the decision log.
+func (a *App) Decider() policy.Decider { return a.decider }
+
+// PolicyDir is the directory of the policy in force, watched when
+// policy_watch is on.
+func (a *App) PolicyDir() string { return a.policyDir }
+
+// DecisionLog is the decision logger, nil when the decision log is off.
+func (a *App) DecisionLog() *decisionlog.Logger { return a.dlog }
+
+// API is the admin API server.
+func (a *App) API() *api.Server { return a.api }
+
+// Close stops the background watchers, the API, then the gateway, flushes
+// the decision log and closes the registry, so no request or session
+// outlives the store it reads and every decision made is logged. It is safe
+// to call more than once.
+func (a *App) Close() error {
+	a.closeOnce.Do(func() {
+		var errs []error
+		if a.stop != nil {
+			a.stop()
+			a.wg.Wait()
+		}
+		if a.api != nil {
+			if err := a.api.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close API: %w", err))
+			}
+		}
+		if a.gw != nil {
+			if err := a.gw.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close gateway: %w", err))
+			}
+		}
+		if a.dlog != nil {
+			if err := a.dlog.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close decision log: %w", err))
+			}
+		}
+		if a.reg != nil {
+			if err := a.reg.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close registry: %w", err))
+			}
+		}
+		a.closeErr = errors.Join(errs...)
+	})
+	return a.closeErr
+}
+
+// dialable turns a listener address into host:port a local client can dial:
+// an unspecified host (0.0.0.0, ::) becomes loopback.
+func dialable(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,356 @@
+package app
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults of Config. The addresses are loopback so that a gateway started
+// without configuration is not reachable from the network.
+const (
+	DefaultDataDir     = "./ztgate-data"
+	DefaultMQTTAddr    = "127.0.0.1:8883"
+	DefaultAPIAddr     = "127.0.0.1:8443"
+	DefaultTrustDomain = "example.org"
+	DefaultSVIDTTL     = 24 * time.Hour
+	DefaultLogLevel    = "info"
+	DefaultLogFormat   = "text"
+
+	// DefaultDecisionLogMaxSizeMB and DefaultDecisionLogMaxBackups bound
+	// the decision log file: it is rotated at this size and this many
+	// rotated files are kept.
+	DefaultDecisionLogMaxSizeMB  = 100
+	DefaultDecisionLogMaxBackups = 5
+	// DevDecisionLogFile is where `ztgate dev` writes its decision log,
+	// under the data dir.
+	DevDecisionLogFile = "decisions.log"
+	// PolicySubdir is the policy directory under the data dir used when
+	// policy_dir is empty.
+	PolicySubdir = "policies"
+)
+
+// Config is everything needed to run a ztgate. Its YAML form is the file of
+// `ztgate serve --config`; every flag of `ztgate dev` has a key here.
+type Config struct {
+	// DataDir holds the CA (ca/), the registry (registry.db) and the dev
+	// admin identity (admin/).
+	DataDir string `yaml:"data_dir"`
+	// MQTTAddr is the mTLS MQTT listener (host:port; port 0 picks one).
+	MQTTAddr string `yaml:"mqtt_addr"`
+	// APIAddr is the mTLS admin API listener.
+	APIAddr string `yaml:"api_addr"`
+	// PolicyDir is the directory of Rego files the gateway enforces, with
+	// their *_test.rego tests, which must pass before a revision is
+	// activated. Empty means DataDir/policies, which the first start seeds
+	// with the embedded default policy. Modules uploaded through the API
+	// are written here.
+	PolicyDir string `yaml:"policy_dir"`
+	// PolicyWatch reloads the policy directory when a file in it changes.
+	PolicyWatch bool `yaml:"policy_watch"`
+	// TrustDomain is the SPIFFE trust domain the built-in CA serves.
+	TrustDomain string `yaml:"trust_domain"`
+	// ServerNames are extra DNS names or IP addresses on the serving
+	// certificate; localhost, 127.0.0.1 and ::1 are always on it.
+	ServerNames []string `yaml:"server_names"`
+	// SVIDTTL is the lifetime of device SVIDs signed through the API.
+	SVIDTTL time.Duration `yaml:"svid_ttl"`
+	// PolicyTimeout bounds one policy evaluation; zero means the engine's
+	// default.
+	PolicyTimeout time.Duration `yaml:"policy_timeout"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+	// LogFormat is text or json.
+	LogFormat string `yaml:"log_format"`
+	// DecisionLog is where policy decisions are recorded.
+	DecisionLog DecisionLogConfig `yaml:"decision_log"`
+
+	// Logger, when set, is used instead of one built from LogLevel and
+	// LogFormat. It cannot be set from a file.
+	Logger *slog.Logger `yaml:"-"`
+}
+
+// DecisionLogConfig is the decision log: one JSON line per decision in the
+// shape of OPA's decision logs. Denies are always logged, allows sampled.
+//
+// The log is off unless Enabled is true or a Path is given; Enabled false
+// turns it off even with a Path.
+type DecisionLogConfig struct {
+	// Enabled turns the log on (true) or off (false); unset, a Path turns
+	// it on.
+	Enabled *bool `yaml:"enabled"`
+	// Path is the log file, rotated by size; "" or "-" is standard output.
+	Path string `yaml:"path"`
+	// SampleAllow is the fraction, 0 to 1, of allows that are logged.
+	SampleAllow float64 `yaml:"sample_allow"`
+	// MaxSizeMB is the size at which the file is rotated.
+	MaxSizeMB int `yaml:"max_size_mb"`
+	// MaxBackups is how many rotated files are kept; 0 keeps them all.
+	MaxBackups int `yaml:"max_backups"`
+}
+
+// On reports whether the decision log is to be written.
+func (d DecisionLogConfig) On() bool {
+	if d.Enabled != nil {
+		return *d.Enabled
+	}
+	return d.Path != ""
+}
+
+// DefaultConfig returns the defaults of every key: the configuration of
+// `ztgate serve` with an empty file. `ztgate dev` also writes a decision log
+// (see DevDecisionLogFile).
+func DefaultConfig() Config {
+	return Config{
+		DataDir:     DefaultDataDir,
+		MQTTAddr:    DefaultMQTTAddr,
+		APIAddr:     DefaultAPIAddr,
+		TrustDomain: DefaultTrustDomain,
+		SVIDTTL:     DefaultSVIDTTL,
+		PolicyWatch: true,
+		LogLevel:    DefaultLogLevel,
+		LogFormat:   DefaultLogFormat,
+		DecisionLog: DecisionLogConfig{
+			MaxSizeMB:  DefaultDecisionLogMaxSizeMB,
+			MaxBackups: DefaultDecisionLogMaxBackups,
+		},
+	}
+}
+
+// EffectivePolicyDir is the policy directory the gateway uses: PolicyDir,
+// or DataDir/policies when it is empty.
+func (c Config) EffectivePolicyDir() string {
+	if c.PolicyDir != "" {
+		return c.PolicyDir
+	}
+	return filepath.Join(c.DataDir, PolicySubdir)
+}
+
+// LoadConfig reads a YAML configuration file. Keys missing from the file keep
+// their defaults; an unknown key is an error that names it, so that a typo
+// never silently falls back to a default.
+func LoadConfig(path string) (Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("app: read config: %w", err)
+	}
+	cfg, err := parseConfig(raw)
+	if err != nil {
+		return Config{}, fmt.Errorf("app: config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func parseConfig(raw []byte) (Config, error) {
+	cfg := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, yamlError(raw, err)
+	}
+	// A second document would be silently ignored; refuse it instead.
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return Config{}, errors.New("more than one YAML document")
+	}
+	if err := cfg.validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+var (
+	unknownFieldRE = regexp.MustCompile(`^line (\d+): field (.+) not found in type \S+$`)
+	lineRE         = regexp.MustCompile(`^line (\d+): `)
+)
+
+// yamlError turns yaml.v3's multi-line type errors into one line that names
+// the offending key.
+func yamlError(raw []byte, err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, m := range te.Errors {
+		if sm := unknownFieldRE.FindStringSubmatch(m); sm != nil {
+			key := sm[2]
+			// A nested key is named with its parent: decision_log.pth.
+			if n, err := strconv.Atoi(sm[1]); err == nil {
+				if top := keyAtLine(raw, n); top != "" && top != key {
+					key = top + "." + key
+				}
+			}
+			m = fmt.Sprintf("line %s: unknown key %q", sm[1], key)
+		} else if sm := lineRE.FindStringSubmatch(m); sm != nil {
+			if n, err := strconv.Atoi(sm[1]); err == nil {
+				if key := keyAtLine(raw, n); key != "" {
+					m = fmt.Sprintf("line %d: %s: %s", n, key, strings.TrimPrefix(m, sm[0]))
+				}
+			}
+		}
+		msgs = append(msgs, m)
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+// keyAtLine is the top-level key whose value spans line n, for error
+// messages; "" when there is none.
+func keyAtLine(raw []byte, n int) string {
+	var doc yaml.Node
+	if yaml.Unmarshal(raw, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return ""
+	}
+	m := doc.Content[0]
+	key := ""
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Line > n {
+			break
+		}
+		key = m.Content[i].Value
+	}
+	return key
+}
+
+// Validate reports the first problem with c, naming the key.
+func (c Config) Validate() error {
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	return nil
+}
+
+func (c Config) validate() error {
+	if strings.TrimSpace(c.DataDir) == "" {
+		return errors.New("data_dir is empty")
+	}
+	if err := validateAddr(c.MQTTAddr); err != nil {
+		return fmt.Errorf("mqtt_addr: %w", err)
+	}
+	if err := validateAddr(c.APIAddr); err != nil {
+		return fmt.Errorf("api_addr: %w", err)
+	}
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("trust_domain %q: %w", c.TrustDomain, err)
+	}
+	if td.Name() != c.TrustDomain {
+		// TrustDomainFromString also takes a SPIFFE ID; a config names the
+		// trust domain itself.
+		return fmt.Errorf("trust_domain %q: want a bare trust domain name such as %q", c.TrustDomain, td.Name())
+	}
+	for _, n := range c.ServerNames {
+		if err := validateServerName(n); err != nil {
+			return fmt.Errorf("server_names: %w", err)
+		}
+	}
+	if c.SVIDTTL <= 0 {
+		return fmt.Errorf("svid_ttl must be positive, got %s", c.SVIDTTL)
+	}
+	if c.PolicyTimeout < 0 {
+		return fmt.Errorf("policy_timeout must not be negative, got %s", c.PolicyTimeout)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return fmt.Errorf("log_level: %w", err)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log_format %q: want text or json", c.LogFormat)
+	}
+	dl := c.DecisionLog
+	if math.IsNaN(dl.SampleAllow) || dl.SampleAllow < 0 || dl.SampleAllow > 1 {
+		return fmt.Errorf("decision_log.sample_allow must be between 0 and 1, got %v", dl.SampleAllow)
+	}
+	if dl.MaxSizeMB <= 0 {
+		return fmt.Errorf("decision_log.max_size_mb must be positive, got %d", dl.MaxSizeMB)
+	}
+	if dl.MaxBackups < 0 {
+		return fmt.Errorf("decision_log.max_backups must not be negative, got %d", dl.MaxBackups)
+	}
+	return nil
+}
+
+func validateAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil && validateDNSName(host) != nil {
+		return fmt.Errorf("%q: bad host %q", addr, host)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: bad port %q", addr, port)
+	}
+	return nil
+}
+
+func validateServerName(n string) error {
+	if net.ParseIP(n) != nil {
+		return nil
+	}
+	if err := validateDNSName(n); err != nil {
+		return fmt.Errorf("%q: %w", n, err)
+	}
+	return nil
+}
+
+// validateDNSName accepts host names as they may appear in a certificate's
+// DNS SAN: labels of letters, digits and hyphens.
+func validateDNSName(n string) error {
+	if n == "" || len(n) > 253 {
+		return errors.New("not a DNS name or IP address")
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(n, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return errors.New("not a DNS name or IP address")
+		}
+		for _, r := range label {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-'
+			if !ok {
+				return errors.New("not a DNS name or IP address")
+			}
+		}
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
+}
+
+// NewLogger builds the logger c describes, writing to w.
+func (c Config) NewLogger(w io.Writer) *slog.Logger {
+	level, err := parseLevel(c.LogLevel)
+	if err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
