@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -22,6 +23,11 @@ func RequireMosquitto(t testing.TB) {
 	t.Helper()
 	for _, bin := range []string{"mosquitto_pub", "mosquitto_sub", "stdbuf"} {
 		if _, err := exec.LookPath(bin); err != nil {
+			// CI installs them (.ci/run), so there a missing client is a
+			// broken set-up, not a reason to skip the 3.1.1 tests.
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s not installed but CI is set (apt-get install mosquitto-clients coreutils)", bin)
+			}
 			t.Skipf("%s not installed (apt-get install mosquitto-clients coreutils)", bin)
 		}
 	}
