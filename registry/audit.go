@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -256,13 +255,8 @@ func encodeAudit(e *AuditEntry) ([]byte, error) {
 
 func decodeAudit(key, val []byte) (AuditEntry, error) {
 	var r auditRecord
-	dec := json.NewDecoder(bytes.NewReader(val))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	if err := decodeStrict(val, &r); err != nil {
 		return AuditEntry{}, err
-	}
-	if dec.More() {
-		return AuditEntry{}, errors.New("trailing data after entry")
 	}
 	if len(key) != 8 || binary.BigEndian.Uint64(key) != r.ID {
 		return AuditEntry{}, fmt.Errorf("entry id %d does not match its key", r.ID)

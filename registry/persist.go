@@ -39,16 +39,26 @@ func encode(d *Device) ([]byte, error) {
 	return b, nil
 }
 
+// decodeStrict parses exactly one JSON value into v, refusing unknown
+// fields and trailing data: a record this build does not fully understand
+// is an error, never silently half-read.
+func decodeStrict(val []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(val))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after record")
+	}
+	return nil
+}
+
 // decode parses and validates one stored record; key is the bbolt key.
 func decode(key, val []byte) (*Device, error) {
 	var r record
-	dec := json.NewDecoder(bytes.NewReader(val))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	if err := decodeStrict(val, &r); err != nil {
 		return nil, err
-	}
-	if dec.More() {
-		return nil, errors.New("trailing data after record")
 	}
 	if r.Status == "" {
 		return nil, errors.New("record has no status")
@@ -224,13 +234,8 @@ func encodeToken(t *token) ([]byte, error) {
 
 func decodeToken(key, val []byte) (*token, error) {
 	var r tokenRecord
-	dec := json.NewDecoder(bytes.NewReader(val))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	if err := decodeStrict(val, &r); err != nil {
 		return nil, err
-	}
-	if dec.More() {
-		return nil, errors.New("trailing data after record")
 	}
 	if r.ID != string(key) || !isTokenID(r.ID) {
 		return nil, fmt.Errorf("record id %s does not match its key or is malformed", quote(r.ID))
