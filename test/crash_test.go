@@ -23,7 +23,8 @@ import (
 // once while the gateway, a real `ztgate dev` child process, is killed with
 // SIGKILL at a random moment, several times over. After every restart:
 //   - the process starts, so the registry opens (and after the last round
-//     bbolt's own consistency check passes on the file);
+//     bbolt's own consistency check passes on the file), also after a
+//     restart that was itself killed before it was ready;
 //   - every enrollment that was answered 2xx is there, active, with its
 //     audit entry (written in the same transaction as the change);
 //   - the CA is the one from before the first crash: same certificate, and
@@ -169,6 +170,12 @@ func TestCrash_SIGKILLDuringConcurrentEnrollment(t *testing.T) {
 		if t.Failed() {
 			t.Fatalf("round %d: unexpected answers before the kill; output:\n%s", round, proc.out.String())
 		}
+
+		// A restart killed while it opens the store and loads it, before
+		// it is ready, must leave nothing behind either.
+		early := startGatewayProc(t, bin, dataDir, mqttAddr, apiAddr)
+		time.Sleep(time.Duration(rng.Int64N(int64(150 * time.Millisecond))))
+		early.kill(t)
 
 		proc = start()
 		admin = newAPIClient(apiAddr, roots, adminCert)

@@ -6,14 +6,17 @@
 // and obeys commands sent to devices/NAME/commands/#. Every topic it uses is
 // one the default policy grants a device; nothing else is attempted.
 //
+// At half-life of its SVID it makes a new key, has the ztgate API sign a
+// CSR for it (POST /v1/svid/renew, authenticated with the current SVID),
+// stores the result in the SVID directory and moves its MQTT connection to
+// the new SVID, resuming the same session so that no QoS 1 command is lost.
+//
 // It is meant to be copied: it depends only on the standard library,
 // paho.golang and go-spiffe.
 package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -25,15 +28,12 @@ import (
 	"os"
 	"os/signal"
 	"path"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 func main() {
@@ -46,16 +46,21 @@ func main() {
 type options struct {
 	svidDir  string
 	broker   string
+	api      string
 	name     string
 	interval time.Duration
 	count    int
 }
+
+// defaultAPI is where `ztgate dev` serves its API.
+const defaultAPI = "https://localhost:8443"
 
 func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("device", flag.ContinueOnError)
 	fs.StringVar(&o.svidDir, "svid-dir", "", "directory holding svid.pem, svid.key and bundle.pem (required)")
 	fs.StringVar(&o.broker, "broker", "localhost:8883", "gateway MQTT address, host:port")
+	fs.StringVar(&o.api, "api", defaultAPI, "ztgate API that renews the SVID at half-life (empty: never renew)")
 	fs.StringVar(&o.name, "name", "", "device name used in topics (default: last path segment of the SPIFFE ID)")
 	fs.DurationVar(&o.interval, "interval", 5*time.Second, "telemetry interval")
 	fs.IntVar(&o.count, "count", 0, "number of telemetry messages to send, then exit (0 = run until interrupted)")
@@ -70,6 +75,11 @@ func parseFlags(args []string) (options, error) {
 	case o.count < 0:
 		return o, errors.New("--count must not be negative")
 	}
+	if o.api != "" {
+		if _, err := parseAPIURL(o.api); err != nil {
+			return o, err
+		}
+	}
 	return o, nil
 }
 
@@ -81,31 +91,71 @@ func run(args []string) error {
 		}
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-
-	host, _, err := net.SplitHostPort(opts.broker)
-	if err != nil {
-		return fmt.Errorf("--broker %q: %w", opts.broker, err)
-	}
-	tlsCfg, id, err := loadSVIDDir(opts.svidDir, host)
+	d, err := newDevice(opts, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err != nil {
 		return err
 	}
-	name := opts.name
-	if name == "" {
-		name = path.Base(id.Path())
-	}
-	if err := checkName(name); err != nil {
-		return err
-	}
-	topics := topicsFor(name)
-	log = log.With("device", name)
-	log.Info("loaded SVID", "spiffe_id", id.String(), "broker", opts.broker)
-
-	// The signal context drives the main loop only: the connection has its
-	// own lifetime so that shutdown can still publish "offline" after SIGINT.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return d.run(ctx)
+}
+
+// device is one running device client.
+type device struct {
+	opts   options
+	log    *slog.Logger
+	name   string
+	topics topics
+	svids  *svidStore
+	conns  *conns
+	renew  *renewer // nil: the SVID is never renewed
+
+	// onCommand, when set, sees every PUBLISH on the command topics as it
+	// arrives, before it is parsed.
+	onCommand func(*paho.Publish)
+}
+
+func newDevice(opts options, log *slog.Logger) (*device, error) {
+	host, _, err := net.SplitHostPort(opts.broker)
+	if err != nil {
+		return nil, fmt.Errorf("--broker %q: %w", opts.broker, err)
+	}
+	tlsCfg, svids, err := loadSVIDDir(opts.svidDir, host)
+	if err != nil {
+		return nil, err
+	}
+	sv := svids.current()
+	name := opts.name
+	if name == "" {
+		name = path.Base(sv.id.Path())
+	}
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	log = log.With("device", name)
+	d := &device{
+		opts:   opts,
+		log:    log,
+		name:   name,
+		topics: topicsFor(name),
+		svids:  svids,
+		conns:  &conns{tls: tlsCfg},
+	}
+	if opts.api != "" {
+		if d.renew, err = newRenewer(opts.api, tlsCfg, svids, log); err != nil {
+			return nil, err
+		}
+	}
+	log.Info("loaded SVID", "spiffe_id", sv.id.String(), "serial", sv.serial(),
+		"expires_at", sv.leaf().NotAfter.UTC(), "broker", opts.broker)
+	return d, nil
+}
+
+// run connects and works until ctx ends or --count messages are sent.
+func (d *device) run(ctx context.Context) error {
+	log, topics := d.log, d.topics
+	// ctx drives the main loop only: the connection has its own lifetime
+	// so that shutdown can still publish "offline" after SIGINT.
 	connCtx, cancelConn := context.WithCancel(context.Background())
 	defer cancelConn()
 
@@ -113,18 +163,21 @@ func run(args []string) error {
 	actions := make(chan action, 16)
 
 	cm, err := autopaho.NewConnection(connCtx, autopaho.ClientConfig{
-		ServerUrls:       []*url.URL{{Scheme: "mqtts", Host: opts.broker}},
-		TlsCfg:           tlsCfg,
-		KeepAlive:        30,
-		ReconnectBackoff: autopaho.NewExponentialBackoff(time.Second, time.Minute, 2*time.Second, 2),
-		// A clean session on start; the session outlives short outages so
-		// commands queued while reconnecting are still delivered.
+		ServerUrls: []*url.URL{{Scheme: "mqtts", Host: d.opts.broker}},
+		// Every connection is dialled here, with the current SVID, and
+		// remembered so that a renewal can restart it.
+		AttemptConnection: d.conns.dial,
+		KeepAlive:         30,
+		ReconnectBackoff:  autopaho.NewExponentialBackoff(time.Second, time.Minute, 2*time.Second, 2),
+		// A clean session on start; later connections resume it (Clean
+		// Start 0), so commands queued while reconnecting, after a renewal
+		// or a short outage, are still delivered.
 		CleanStartOnInitialConnection: true,
 		SessionExpiryInterval:         300,
 		// The gateway sends this if the device vanishes without a DISCONNECT.
 		WillMessage: &paho.WillMessage{Topic: topics.state, Payload: []byte("offline"), QoS: 1, Retain: true},
-		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
-			log.Info("connected")
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, ca *paho.Connack) {
+			log.Info("connected", "session_present", ca.SessionPresent, "svid_serial", d.svids.current().serial())
 			// OnConnectionUp must not block.
 			go announce(connCtx, cm, topics, log)
 		},
@@ -132,9 +185,12 @@ func run(args []string) error {
 		ClientConfig: paho.ClientConfig{
 			// The gateway binds the client ID to the SVID's identity, so the
 			// device name is a safe, stable choice.
-			ClientID: name,
+			ClientID: d.name,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) {
+					if d.onCommand != nil {
+						d.onCommand(pr.Packet)
+					}
 					a, err := parseCommand(pr.Packet.Payload)
 					if err != nil {
 						log.Warn("ignoring command", "topic", pr.Packet.Topic, "err", err)
@@ -148,20 +204,40 @@ func run(args []string) error {
 					return true, nil
 				},
 			},
-			OnServerDisconnect: func(d *paho.Disconnect) {
-				log.Warn("disconnected by gateway", "reason_code", fmt.Sprintf("0x%02x", d.ReasonCode))
+			OnServerDisconnect: func(disc *paho.Disconnect) {
+				reason := ""
+				if disc.Properties != nil {
+					reason = disc.Properties.ReasonString
+				}
+				log.Warn("disconnected by gateway", "reason_code", fmt.Sprintf("0x%02x", disc.ReasonCode), "reason", reason)
 			},
 		},
 	})
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
+
+	if d.renew != nil {
+		// The renewal loop starts before the first connection: an SVID
+		// already past half-life is renewed right away.
+		renewCtx, cancelRenew := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			d.renew.run(renewCtx, d.renewed)
+		}()
+		defer func() {
+			cancelRenew()
+			<-done
+		}()
+	}
+
 	if err := cm.AwaitConnection(ctx); err != nil {
 		log.Info("interrupted before connecting")
 		return cm.Disconnect(context.Background())
 	}
 
-	ticker := time.NewTicker(opts.interval)
+	ticker := time.NewTicker(d.opts.interval)
 	defer ticker.Stop()
 	sent := 0
 	for {
@@ -176,51 +252,24 @@ func run(args []string) error {
 				log.Info("interval changed", "interval", a.interval)
 			case actionPing:
 				log.Info("ping", "id", a.id)
-				publish(ctx, cm, log, &paho.Publish{Topic: topics.pong, QoS: 1, Payload: pongPayload(name, a.id, time.Now())})
+				publish(ctx, cm, log, &paho.Publish{Topic: topics.pong, QoS: 1, Payload: pongPayload(d.name, a.id, time.Now())})
 			}
 		case now := <-ticker.C:
 			sent++
-			publish(ctx, cm, log, &paho.Publish{Topic: topics.telemetry, QoS: 1, Payload: telemetryPayload(name, sent, now)})
-			if opts.count > 0 && sent >= opts.count {
+			publish(ctx, cm, log, &paho.Publish{Topic: topics.telemetry, QoS: 1, Payload: telemetryPayload(d.name, sent, now)})
+			if d.opts.count > 0 && sent >= d.opts.count {
 				return shutdown(cm, topics, log)
 			}
 		}
 	}
 }
 
-// loadSVIDDir builds the client TLS config from DIR/svid.pem (leaf first,
-// then intermediates), DIR/svid.key and DIR/bundle.pem, and returns the
-// SPIFFE ID of the SVID. The gateway is verified as any TLS server is: its
-// certificate must chain to the bundle and name serverName.
-func loadSVIDDir(dir, serverName string) (*tls.Config, spiffeid.ID, error) {
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.key"))
-	if err != nil {
-		return nil, spiffeid.ID{}, fmt.Errorf("load SVID: %w", err)
-	}
-	leaf := cert.Leaf
-	if leaf == nil {
-		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			return nil, spiffeid.ID{}, fmt.Errorf("load SVID: %w", err)
-		}
-	}
-	id, err := x509svid.IDFromCert(leaf)
-	if err != nil {
-		return nil, spiffeid.ID{}, fmt.Errorf("load SVID: %w", err)
-	}
-	bundle, err := os.ReadFile(filepath.Join(dir, "bundle.pem"))
-	if err != nil {
-		return nil, spiffeid.ID{}, fmt.Errorf("load bundle: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(bundle) {
-		return nil, spiffeid.ID{}, fmt.Errorf("load bundle: no certificates in %s", filepath.Join(dir, "bundle.pem"))
-	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      roots,
-		ServerName:   serverName,
-	}, id, nil
+// renewed switches the MQTT connection to a new SVID: the current
+// connection ends cleanly and autopaho's reconnect presents the new one.
+func (d *device) renewed(sv *svid) {
+	restarted := d.conns.restart()
+	d.log.Info("SVID renewed", "serial", sv.serial(), "expires_at", sv.leaf().NotAfter.UTC(),
+		"reconnecting", restarted)
 }
 
 // checkName refuses names that would change the meaning of a topic. The

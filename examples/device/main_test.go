@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -126,7 +127,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.broker != "localhost:8883" || o.interval != 5*time.Second || o.count != 0 || o.name != "" {
+	if o.broker != "localhost:8883" || o.api != "https://localhost:8443" || o.interval != 5*time.Second || o.count != 0 || o.name != "" {
 		t.Fatalf("defaults = %+v", o)
 	}
 	for _, args := range [][]string{
@@ -134,10 +135,15 @@ func TestParseFlags(t *testing.T) {
 		{"--svid-dir", "d", "--interval", "0s"},
 		{"--svid-dir", "d", "--interval", "48h"},
 		{"--svid-dir", "d", "--count", "-1"},
+		{"--svid-dir", "d", "--api", "http://localhost:8443"},
 	} {
 		if _, err := parseFlags(args); err == nil {
 			t.Errorf("parseFlags(%q) = nil error, want one", args)
 		}
+	}
+	// An empty --api turns renewal off.
+	if o, err := parseFlags([]string{"--svid-dir", "d", "--api", ""}); err != nil || o.api != "" {
+		t.Fatalf("--api \"\": %+v, %v", o, err)
 	}
 }
 
@@ -201,18 +207,31 @@ func TestLoadSVIDDir(t *testing.T) {
 	write("svid.key", pemOf("PRIVATE KEY", keyDER))
 	write("bundle.pem", pemOf("CERTIFICATE", caDER))
 
-	cfg, id, err := loadSVIDDir(dir, "localhost")
+	cfg, store, err := loadSVIDDir(dir, "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id.String() != "spiffe://example.org/device/sensor-1" {
-		t.Fatalf("id = %s", id)
+	sv := store.current()
+	if sv.id.String() != "spiffe://example.org/device/sensor-1" {
+		t.Fatalf("id = %s", sv.id)
 	}
-	if cfg.ServerName != "localhost" || cfg.MinVersion != tls.VersionTLS12 || len(cfg.Certificates) != 1 || cfg.RootCAs == nil {
+	if cfg.ServerName != "localhost" || cfg.MinVersion != tls.VersionTLS12 || cfg.RootCAs == nil {
 		t.Fatalf("unexpected TLS config: %+v", cfg)
 	}
 	if cfg.InsecureSkipVerify {
 		t.Fatal("server verification must stay on")
+	}
+	// The certificate comes from the store at each handshake, so that a
+	// renewed SVID is used without a new configuration.
+	if len(cfg.Certificates) != 0 || cfg.GetClientCertificate == nil {
+		t.Fatalf("client certificate is not taken from the store: %+v", cfg)
+	}
+	got, err := cfg.GetClientCertificate(&tls.CertificateRequestInfo{})
+	if err != nil || len(got.Certificate) != 2 || !bytes.Equal(got.Certificate[0], leafDER) || got.Leaf == nil {
+		t.Fatalf("GetClientCertificate = %v, %v; want the SVID chain with its leaf parsed", got, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "svid.pem")); err != nil || !sv.obtained.Equal(fi.ModTime()) {
+		t.Fatalf("obtained = %s, want the modification time of svid.pem (%v)", sv.obtained, err)
 	}
 
 	// A bundle with no certificate is refused, not silently replaced by the
