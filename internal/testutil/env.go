@@ -111,12 +111,19 @@ type Env struct {
 // ends; its log is printed only if the test failed.
 func Start(t testing.TB, opts ...Option) *Env {
 	t.Helper()
+	e, _ := start(t, &syncBuffer{}, nil, opts)
+	return e
+}
+
+// start runs a gateway on 127.0.0.1 in a temporary directory, logging to
+// logs; configure, if not nil, changes the configuration last.
+func start(t testing.TB, logs *syncBuffer, configure func(*app.Config), opts []Option) (*Env, app.Config) {
+	t.Helper()
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
 	dir := t.TempDir()
-	logs := &syncBuffer{}
 
 	cfg := app.DefaultConfig()
 	cfg.DataDir = filepath.Join(dir, "data")
@@ -134,6 +141,9 @@ func Start(t testing.TB, opts ...Option) *Env {
 		cfg.PolicyDir = o.policyDir
 	case len(o.extra) > 0:
 		cfg.PolicyDir = writePolicyDir(t, filepath.Join(dir, "policy"), o.extra)
+	}
+	if configure != nil {
+		configure(&cfg)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -175,7 +185,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 		Dir:  a.AdminDir(),
 		env:  e,
 	}
-	return e
+	return e, cfg
 }
 
 // writePolicyDir copies the embedded default policy (without its Rego

@@ -2,11 +2,7 @@ package testutil
 
 import (
 	"bytes"
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,70 +36,13 @@ type Observed struct {
 // last, for example the decision log's sample rate.
 func StartObserved(t testing.TB, configure func(*app.Config), opts ...Option) *Observed {
 	t.Helper()
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
-	dir := t.TempDir()
 	logs := &Logs{}
-
-	cfg := app.DefaultConfig()
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.MQTTAddr = "127.0.0.1:0"
-	cfg.APIAddr = "127.0.0.1:0"
-	cfg.TrustDomain = TrustDomain
-	// As in Start: decisions are tested here, not their latency.
-	cfg.PolicyTimeout = 5 * time.Second
-	cfg.Logger = slog.New(slog.NewTextHandler(&logs.buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg.DecisionLog.Path = filepath.Join(cfg.DataDir, app.DevDecisionLogFile)
-	switch {
-	case o.policyDir != "":
-		cfg.PolicyDir = o.policyDir
-	case len(o.extra) > 0:
-		cfg.PolicyDir = writePolicyDir(t, filepath.Join(dir, "policy"), o.extra)
-	}
-	if configure != nil {
-		configure(&cfg)
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a, err := app.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start gateway: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := a.Close(); err != nil {
-			t.Errorf("close gateway: %v", err)
+	e, cfg := start(t, &logs.buf, func(cfg *app.Config) {
+		cfg.DecisionLog.Path = filepath.Join(cfg.DataDir, app.DevDecisionLogFile)
+		if configure != nil {
+			configure(cfg)
 		}
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", logs.String())
-		}
-	})
-
-	e := &Env{
-		App:       a,
-		TD:        a.TrustDomain(),
-		DataDir:   cfg.DataDir,
-		MQTTAddr:  dialable(t, a.MQTTAddr()),
-		APIURL:    "https://" + dialable(t, a.APIAddr()),
-		bundlePEM: a.CA().BundlePEM(),
-		caCert:    a.CA().Certificate(),
-	}
-	e.roots = x509.NewCertPool()
-	e.roots.AddCert(e.caCert)
-	e.caKey = loadCAKey(t, filepath.Join(cfg.DataDir, "ca", identity.CAKeyFile))
-	admin, err := tls.LoadX509KeyPair(filepath.Join(a.AdminDir(), identity.SVIDFile), filepath.Join(a.AdminDir(), identity.SVIDKeyFile))
-	if err != nil {
-		t.Fatalf("load admin SVID: %v", err)
-	}
-	e.Admin = &Device{
-		Name: app.AdminDeviceName,
-		ID:   app.AdminID(e.TD).String(),
-		Cert: admin,
-		Dir:  a.AdminDir(),
-		env:  e,
-	}
+	}, opts)
 	ob := &Observed{Env: e, Logs: logs}
 	if cfg.DecisionLog.On() && cfg.DecisionLog.Path != "" && cfg.DecisionLog.Path != "-" {
 		ob.DecisionLogPath = cfg.DecisionLog.Path
