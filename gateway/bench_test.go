@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,7 +12,9 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/examples/policies"
+	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
 )
 
@@ -21,8 +24,10 @@ var defaultEngine = sync.OnceValues(func() (*policy.Engine, error) {
 })
 
 // benchDeciders are compared in one run: the allow-all baseline (the cost
-// of the broker, TLS and the hook without a policy) and the real engine
-// with ztgate's default policy.
+// of the broker, TLS and the hook without a policy), the real engine with
+// ztgate's default policy, the same behind the decision cache, and the
+// chain the app builds (decision log, metrics, cache) with and without the
+// cache.
 func benchDeciders(b *testing.B) []struct {
 	name string
 	d    policy.Decider
@@ -31,12 +36,21 @@ func benchDeciders(b *testing.B) []struct {
 	if err != nil {
 		b.Fatalf("default policy: %v", err)
 	}
+	dl, err := decisionlog.New(decisionlog.Config{Writer: io.Discard, SampleAllow: 0})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = dl.Close() })
+	m := metrics.New(nil)
 	return []struct {
 		name string
 		d    policy.Decider
 	}{
 		{"allow-all", allowAll},
 		{"default-policy", e},
+		{"default-policy-cached", policy.NewCache(e, nil, policy.CacheOptions{})},
+		{"app-chain-uncached", dl.Wrap(m.Wrap(e))},
+		{"app-chain-cached", dl.Wrap(m.Wrap(policy.NewCache(e, nil, policy.CacheOptions{})))},
 	}
 }
 

@@ -1,7 +1,7 @@
 // Package metrics is ztgate's Prometheus instrumentation: decisions by action
 // and result with their latency, sessions and connections, policy
-// activations, registry size, revocations and disconnects. Every name is
-// prefixed ztgate_.
+// activations, registry size, revocations and disconnects, the decision log
+// and the decision cache. Every name is prefixed ztgate_.
 //
 // The calls made per decision (ObserveDecision, and the Decider returned by
 // Wrap) touch only counters and a histogram resolved once in New: no label
@@ -83,6 +83,8 @@ type Metrics struct {
 	revocations   prometheus.Counter
 	disconnects   *prometheus.CounterVec
 	decisionLog   *prometheus.Desc
+	cacheLookups  *prometheus.Desc
+	cacheEntries  *prometheus.Desc
 
 	// Children resolved once, for the per-decision and per-connection path.
 	decisions [len(actions)][numResults]prometheus.Counter
@@ -94,7 +96,8 @@ type Metrics struct {
 	revision string              // the revision whose info series is 1
 	statuses map[string]struct{} // registry statuses ever set
 
-	logStats atomic.Pointer[func() decisionlog.Stats]
+	logStats   atomic.Pointer[func() decisionlog.Stats]
+	cacheStats atomic.Pointer[func() policy.CacheStats]
 }
 
 // New creates the collectors and registers them with reg as one collector.
@@ -149,6 +152,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		decisionLog: prometheus.NewDesc(prometheus.BuildFQName(namespace, "decision_log", "entries_total"),
 			"Decision-log entries by outcome: written; dropped (a sampled allow, buffer full); synchronous (a deny written by the deciding goroutine, buffer full); failed (lost to a write error).",
 			[]string{"outcome"}, nil),
+		cacheLookups: prometheus.NewDesc(prometheus.BuildFQName(namespace, "decision_cache", "lookups_total"),
+			"Decisions by what the decision cache did: hit (answered from the cache); miss (cacheable, decided by the engine and kept); bypass (passed to the engine: the policy revision is not cacheable, or the action is not cached).",
+			[]string{"result"}, nil),
+		cacheEntries: prometheus.NewDesc(prometheus.BuildFQName(namespace, "decision_cache", "entries"),
+			"Decisions kept in the decision cache.", nil, nil),
 		statuses: map[string]struct{}{},
 	}
 	if reg != nil {
@@ -185,6 +193,8 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		c.Describe(ch)
 	}
 	ch <- m.decisionLog
+	ch <- m.cacheLookups
+	ch <- m.cacheEntries
 }
 
 // Collect implements prometheus.Collector.
@@ -200,6 +210,16 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		}{{"written", s.Written}, {"dropped", s.Dropped}, {"synchronous", s.Synchronous}, {"failed", s.Failed}} {
 			ch <- prometheus.MustNewConstMetric(m.decisionLog, prometheus.CounterValue, float64(o.n), o.outcome)
 		}
+	}
+	if f := m.cacheStats.Load(); f != nil {
+		s := (*f)()
+		for _, o := range []struct {
+			result string
+			n      uint64
+		}{{"hit", s.Hits}, {"miss", s.Misses}, {"bypass", s.Bypassed}} {
+			ch <- prometheus.MustNewConstMetric(m.cacheLookups, prometheus.CounterValue, float64(o.n), o.result)
+		}
+		ch <- prometheus.MustNewConstMetric(m.cacheEntries, prometheus.GaugeValue, float64(s.Entries))
 	}
 }
 
@@ -361,4 +381,19 @@ func (m *Metrics) SetDecisionLogStats(stats func() decisionlog.Stats) {
 		return
 	}
 	m.logStats.Store(&stats)
+}
+
+// SetDecisionCacheStats exports a decision cache's counters as
+// ztgate_decision_cache_lookups_total{result} and ztgate_decision_cache_entries;
+// pass (*policy.Cache).Stats. Wrap the cache, so that
+// ztgate_decisions_total counts every decision, cached or not.
+func (m *Metrics) SetDecisionCacheStats(stats func() policy.CacheStats) {
+	if m == nil {
+		return
+	}
+	if stats == nil {
+		m.cacheStats.Store(nil)
+		return
+	}
+	m.cacheStats.Store(&stats)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -23,6 +24,8 @@ import (
 
 var wantNames = []string{
 	"ztgate_connections_total",
+	"ztgate_decision_cache_entries",
+	"ztgate_decision_cache_lookups_total",
 	"ztgate_decision_duration_seconds",
 	"ztgate_decision_log_entries_total",
 	"ztgate_decisions_total",
@@ -47,6 +50,7 @@ func exercise(m *Metrics) {
 	m.Revoked()
 	m.Disconnected("revoked")
 	m.SetDecisionLogStats(func() decisionlog.Stats { return decisionlog.Stats{Written: 5} })
+	m.SetDecisionCacheStats(func() policy.CacheStats { return policy.CacheStats{Hits: 2, Entries: 1} })
 }
 
 // Every family is registered, named ztgate_*, and passes the Prometheus
@@ -302,6 +306,56 @@ ztgate_decision_log_entries_total{outcome="written"} 2
 `
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "ztgate_decision_log_entries_total"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The decision cache's counters, with the cache inside Wrap as the app
+// chains them: decisions_total counts every decision, hits included.
+func TestDecisionCacheStats(t *testing.T) {
+	e, err := policy.NewEngine(policies.FS, policy.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := New(prometheus.NewRegistry())
+	if n := testutil.CollectAndCount(m, "ztgate_decision_cache_lookups_total", "ztgate_decision_cache_entries"); n != 0 {
+		t.Fatalf("%d decision-cache series without a cache", n)
+	}
+	c := policy.NewCache(e, nil, policy.CacheOptions{})
+	m.SetDecisionCacheStats(c.Stats)
+	d := m.Wrap(c)
+	s := &policy.Subject{
+		Identity: policy.Identity{SPIFFEID: "spiffe://example.org/device/a", TrustDomain: "example.org", Path: "/device/a", Segments: []string{"device", "a"}},
+		Device:   &policy.Device{Name: "a", Labels: map[string]string{}, Status: "active"},
+	}
+	ctx := context.Background()
+	for range 3 {
+		if !d.Decide(ctx, &policy.Input{Action: policy.ActionPublish, Subject: s, Topic: "devices/a/telemetry/t"}).Allow {
+			t.Fatal("publish denied")
+		}
+	}
+	if !d.Decide(ctx, &policy.Input{Action: policy.ActionConnect, Subject: s}).Allow {
+		t.Fatal("connect denied")
+	}
+	want := `
+# HELP ztgate_decision_cache_entries Decisions kept in the decision cache.
+# TYPE ztgate_decision_cache_entries gauge
+ztgate_decision_cache_entries 1
+# HELP ztgate_decision_cache_lookups_total Decisions by what the decision cache did: hit (answered from the cache); miss (cacheable, decided by the engine and kept); bypass (passed to the engine: the policy revision is not cacheable, or the action is not cached).
+# TYPE ztgate_decision_cache_lookups_total counter
+ztgate_decision_cache_lookups_total{result="bypass"} 1
+ztgate_decision_cache_lookups_total{result="hit"} 2
+ztgate_decision_cache_lookups_total{result="miss"} 1
+`
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "ztgate_decision_cache_lookups_total", "ztgate_decision_cache_entries"); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(m.decisions[actionIndex(policy.ActionPublish)][resultAllow]); got != 3 {
+		t.Errorf("publish allows counted: %v, want 3 (hits included)", got)
+	}
+	runtime.KeepAlive(s) // its entry leaves the cache with it
+	m.SetDecisionCacheStats(nil)
+	if n := testutil.CollectAndCount(m, "ztgate_decision_cache_lookups_total"); n != 0 {
+		t.Errorf("%d series after the cache was unset", n)
 	}
 }
 

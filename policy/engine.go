@@ -82,6 +82,7 @@ type revision struct {
 	srcs    []source // every file, tests included, in name order
 	allow   rego.PreparedEvalQuery
 	reasons rego.PreparedEvalQuery
+	plan    *cachePlan // what a decision cache may reuse; shared by revisions of one id
 }
 
 var _ Decider = (*Engine)(nil)
@@ -119,6 +120,16 @@ func NewEngine(fsys fs.FS, opts Options) (*Engine, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// InputRefs returns what the policy revision in force can read of its
+// input, and whether its decisions may be cached (see Cache).
+func (e *Engine) InputRefs() InputRefs {
+	rev := e.cur.Load()
+	if rev == nil || rev.plan == nil {
+		return InputRefs{Uncacheable: []string{"no policy loaded"}}
+	}
+	return rev.plan.refs.clone()
 }
 
 // Revision returns the content hash of the policy revision in force.
@@ -187,12 +198,14 @@ func (e *Engine) compile(ctx context.Context, srcs []source) (*revision, error) 
 	if err != nil {
 		return nil, fmt.Errorf("policy: compile: %w", err)
 	}
+	id := revisionID(policy)
 	return &revision{
-		id:      revisionID(policy),
+		id:      id,
 		sum:     revisionID(srcs),
 		srcs:    srcs,
 		allow:   allow,
 		reasons: reasons,
+		plan:    newCachePlan(id, analyzeInputRefs(compiler, customBuiltinNames())),
 	}, nil
 }
 

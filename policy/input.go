@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,6 +54,9 @@ type Subject struct {
 	// cache is owned by the engine: the converted form of this subject.
 	once  sync.Once
 	cache any
+	// memo holds a Cache's decisions for this subject, so they are
+	// dropped with it (see Cache).
+	memo atomic.Pointer[subjectMemo]
 }
 
 // Cached returns the engine's converted form of the subject, building it with

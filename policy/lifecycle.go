@@ -215,7 +215,7 @@ func (e *Engine) check(cur *revision, srcs []source) (*revision, error) {
 	}
 	var next *revision
 	if id := revisionID(policySources(srcs)); cur != nil && cur.id == id {
-		next = &revision{id: id, sum: sum, srcs: srcs, allow: cur.allow, reasons: cur.reasons}
+		next = &revision{id: id, sum: sum, srcs: srcs, allow: cur.allow, reasons: cur.reasons, plan: cur.plan}
 	} else {
 		var err error
 		if next, err = e.compile(context.Background(), srcs); err != nil {

@@ -64,7 +64,8 @@ type App struct {
 	verifier *identity.Verifier
 	reg      *registry.Store
 	engine   *policy.Engine
-	decider  policy.Decider // what the gateway and the API call: log(metrics(engine))
+	cache    *policy.Cache
+	decider  policy.Decider // what the gateway and the API call: log(metrics(cache(engine)))
 	dlog     *decisionlog.Logger
 	m        *metrics.Metrics
 	gw       *gateway.Gateway
@@ -149,9 +150,15 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	if a.engine, err = a.newEngine(); err != nil {
 		return nil, err
 	}
-	// The metrics time the evaluation alone; the decision log, outermost,
-	// gives every deny the decision_id the enforcement point logs.
-	a.decider = a.dlog.Wrap(a.m.Wrap(a.engine))
+	// The cache answers repeated decisions of a session (publish and
+	// delivery, twice per message) without the engine, when the revision
+	// in force allows it. The metrics count and time every decision,
+	// cached or not; the decision log, outermost, logs every decision the
+	// gateway and the API make and gives every deny the decision_id the
+	// enforcement point logs.
+	a.cache = policy.NewCache(a.engine, nil, policy.CacheOptions{})
+	a.m.SetDecisionCacheStats(a.cache.Stats)
+	a.decider = a.dlog.Wrap(a.m.Wrap(a.cache))
 
 	// The steps above may take a while on a slow disk or a large policy;
 	// do not open listeners for a caller that has given up.
@@ -260,9 +267,26 @@ func (a *App) newEngine() (*policy.Engine, error) {
 	}
 	// The engine logs activations and refusals itself.
 	a.m.PolicyActivated(eng.Revision())
-	eng.OnActivate(func(st policy.Status) { a.m.PolicyActivated(st.Revision) })
+	a.logCacheable(eng)
+	eng.OnActivate(func(st policy.Status) {
+		a.m.PolicyActivated(st.Revision)
+		a.logCacheable(eng)
+	})
 	eng.OnReject(func(error) { a.m.PolicyActivationFailed() })
 	return eng, nil
+}
+
+// logCacheable tells when the decisions of the revision in force cannot be
+// cached, and why: such a policy costs a full evaluation per message and
+// per delivery.
+func (a *App) logCacheable(eng *policy.Engine) {
+	refs := eng.InputRefs()
+	if refs.Cacheable() {
+		a.log.Debug("policy decisions are cached", "revision", shortRev(eng.Revision()), "input", refs.Paths)
+		return
+	}
+	a.log.Info("policy decisions are not cached: every decision is evaluated",
+		"revision", shortRev(eng.Revision()), "why", refs.Uncacheable)
 }
 
 // ready is the part of the API's readiness check the API cannot see for
@@ -477,9 +501,13 @@ func (a *App) Prometheus() *prometheus.Registry { return a.prom }
 // Metrics is ztgate's instrumentation, registered in Prometheus().
 func (a *App) Metrics() *metrics.Metrics { return a.m }
 
-// Decider is what the gateway and the API decide with: the engine, timed
-// by the metrics, logged by the decision log.
+// Decider is what the gateway and the API decide with: the engine behind
+// the decision cache, counted and timed by the metrics, logged by the
+// decision log.
 func (a *App) Decider() policy.Decider { return a.decider }
+
+// DecisionCache is the cache in front of the engine.
+func (a *App) DecisionCache() *policy.Cache { return a.cache }
 
 // PolicyDir is the directory of the policy in force, watched when
 // policy_watch is on.

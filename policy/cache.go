@@ -1,0 +1,356 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// The decision cache. mochi asks for a decision once per PUBLISH and once
+// per delivery, and a prepared query costs tens of microseconds; but a
+// session publishes to, and receives from, few distinct topics, and the
+// same subject with the same topic gets the same answer until the policy or
+// the subject changes. So the cache keeps, per Subject, the decisions of
+// the revision in force, keyed on exactly the per-decision fields that
+// revision reads (InputRefs):
+//
+//   - the revision: a decision is kept with the revision that made it and
+//     reused only while that revision is in force, so a new policy applies
+//     to the very next decision;
+//   - the subject: identity, device and client are fixed for a Subject (the
+//     gateway builds a new one when the registry record changes), so the
+//     decisions live in the Subject itself and die with it;
+//   - the action and, of topic, filter, qos, retain, will and payload_size,
+//     those the revision reads at all.
+//
+// A revision whose decisions depend on anything else (the input used as a
+// whole or with a computed key, input.time, a nondeterministic builtin) is
+// not cached: every decision goes to the engine. So are connect and admin
+// decisions (a new Subject each time, nothing to reuse), failed
+// evaluations, and decisions under a done context.
+
+// Default bounds of a Cache.
+const (
+	// DefaultCacheEntries bounds the decisions kept for all subjects
+	// together. An entry with a 30-byte topic takes about 230 bytes, so
+	// the default bound is some 15 MB.
+	DefaultCacheEntries = 1 << 16
+	// DefaultCachePerSubject bounds the decisions kept for one subject,
+	// so that one subject receiving from many topics cannot take the
+	// whole cache.
+	DefaultCachePerSubject = 4096
+)
+
+// CacheOptions configure a Cache.
+type CacheOptions struct {
+	// MaxEntries bounds the decisions kept for all subjects together;
+	// zero means DefaultCacheEntries. When it is reached, a subject makes
+	// room among its own decisions or keeps no more.
+	MaxEntries int
+	// MaxPerSubject bounds the decisions kept for one subject; zero means
+	// DefaultCachePerSubject (or MaxEntries, if lower). When it is
+	// reached, a random decision of the subject makes room.
+	MaxPerSubject int
+}
+
+// CacheStats counts what a Cache did.
+type CacheStats struct {
+	// Hits are decisions answered from the cache.
+	Hits uint64
+	// Misses are cacheable decisions that were not cached yet: the
+	// engine decided them.
+	Misses uint64
+	// Bypassed are decisions the cache passed to the engine without
+	// looking: a revision that is not cacheable, connect and admin
+	// decisions, a done context, a subject cached by another Cache.
+	Bypassed uint64
+	// Entries is the number of decisions kept now.
+	Entries int64
+}
+
+// Cache is a Decider that answers from memory what the engine decided
+// before for the same Subject and the same fields of the input, under the
+// same revision. It returns exactly what the engine returned then: Allow,
+// Reasons (shared: callers must not modify them) and Revision.
+//
+// Put it directly around the engine, inside a decision logger (which must
+// see, and give an id to, every decision) and inside metrics (which count
+// every decision, cached or not):
+//
+//	dl.Wrap(m.Wrap(policy.NewCache(engine, nil, policy.CacheOptions{})))
+//
+// A Subject's decisions are kept by the first Cache that decides for it;
+// another Cache passes that Subject's decisions through. It is safe for
+// concurrent use.
+type Cache struct {
+	engine        *Engine
+	next          Decider
+	maxEntries    int64
+	maxPerSubject int
+
+	entries atomic.Int64
+	_       [56]byte // the counters below change on every decision
+	hits    atomic.Uint64
+	misses  atomic.Uint64
+	bypass  atomic.Uint64
+}
+
+var _ Decider = (*Cache)(nil)
+
+// NewCache returns a Cache over e. next is what decides a miss: e itself
+// when nil, or a wrapper of e (it must decide with e, whose Revision the
+// cache checks in each Decision it keeps).
+func NewCache(e *Engine, next Decider, opts CacheOptions) *Cache {
+	c := &Cache{engine: e, next: next, maxEntries: int64(opts.MaxEntries), maxPerSubject: opts.MaxPerSubject}
+	if c.next == nil && e != nil {
+		c.next = e
+	}
+	if c.maxEntries <= 0 {
+		c.maxEntries = DefaultCacheEntries
+	}
+	if c.maxPerSubject <= 0 {
+		c.maxPerSubject = int(min(DefaultCachePerSubject, c.maxEntries))
+	}
+	return c
+}
+
+var errNoEngine = errors.New("policy: cache without an engine")
+
+// Decide answers from the cache or asks the engine, see Cache.
+func (c *Cache) Decide(ctx context.Context, in *Input) Decision {
+	if c == nil || c.engine == nil || c.next == nil {
+		if c != nil && c.next != nil {
+			return c.next.Decide(ctx, in)
+		}
+		return Decision{Err: errNoEngine}
+	}
+	rev := c.engine.cur.Load()
+	if rev == nil || rev.plan == nil || !rev.plan.cacheable || in == nil || in.Subject == nil || ctx.Err() != nil {
+		return c.pass(ctx, in)
+	}
+	k, ok := rev.plan.key(in)
+	if !ok {
+		return c.pass(ctx, in)
+	}
+	m := c.memoFor(in.Subject)
+	if m == nil {
+		return c.pass(ctx, in)
+	}
+	if v, ok := m.load(rev.plan, k); ok {
+		c.hits.Add(1)
+		return Decision{Allow: v.allow, Reasons: v.reasons, Revision: rev.id}
+	}
+	c.misses.Add(1)
+	d := c.next.Decide(ctx, in)
+	// Only a decision made by the revision the key was built for, that did
+	// not fail and that no logger gave an id is kept.
+	if d.Err == nil && d.ID == "" && d.Revision == rev.id {
+		m.store(rev.plan, k, memoValue{allow: d.Allow, reasons: d.Reasons})
+	}
+	return d
+}
+
+func (c *Cache) pass(ctx context.Context, in *Input) Decision {
+	c.bypass.Add(1)
+	return c.next.Decide(ctx, in)
+}
+
+// Stats returns the cache's counters. A nil Cache has none.
+func (c *Cache) Stats() CacheStats {
+	if c == nil {
+		return CacheStats{}
+	}
+	return CacheStats{
+		Hits:     c.hits.Load(),
+		Misses:   c.misses.Load(),
+		Bypassed: c.bypass.Load(),
+		Entries:  c.entries.Load(),
+	}
+}
+
+// memoFor returns the Subject's decisions, nil when another Cache keeps
+// them.
+func (c *Cache) memoFor(s *Subject) *subjectMemo {
+	m := s.memo.Load()
+	if m == nil {
+		fresh := &subjectMemo{owner: c}
+		if s.memo.CompareAndSwap(nil, fresh) {
+			// The subject's entries leave the count when it is collected;
+			// fresh does not point back at s, as AddCleanup requires.
+			runtime.AddCleanup(s, (*subjectMemo).release, fresh)
+			m = fresh
+		} else {
+			m = s.memo.Load()
+		}
+	}
+	if m.owner != c {
+		return nil
+	}
+	return m
+}
+
+// cachePlan is what the cache needs to know of one revision: whether its
+// decisions may be reused and which per-decision fields they depend on.
+// Revisions with the same id share one plan.
+type cachePlan struct {
+	id        string
+	refs      InputRefs
+	cacheable bool
+	// The per-decision fields the revision reads.
+	topic, filter, qos, retain, will, size bool
+}
+
+func newCachePlan(id string, refs InputRefs) *cachePlan {
+	p := &cachePlan{id: id, refs: refs, cacheable: refs.Cacheable()}
+	for _, path := range refs.Paths {
+		field, _, _ := strings.Cut(strings.TrimPrefix(path, "input."), ".")
+		switch field {
+		case "topic":
+			p.topic = true
+		case "filter":
+			p.filter = true
+		case "qos":
+			p.qos = true
+		case "retain":
+			p.retain = true
+		case "will":
+			p.will = true
+		case "payload_size":
+			p.size = true
+		}
+	}
+	return p
+}
+
+// memoKey identifies a decision within one Subject and one revision. A
+// field the revision does not read, or the action does not carry, is left
+// zero.
+type memoKey struct {
+	topic, filter string
+	size          int
+	action        uint8
+	qos           byte
+	retain, will  bool
+}
+
+// Cached actions. Connect and admin decisions come with a new Subject
+// each time: there is nothing to reuse.
+const (
+	keyPublish uint8 = iota + 1
+	keyReceive
+	keySubscribe
+)
+
+// key builds the key of in; ok is false for an action that is not cached.
+func (p *cachePlan) key(in *Input) (k memoKey, ok bool) {
+	switch in.Action {
+	case ActionPublish:
+		k.action = keyPublish
+	case ActionReceive:
+		k.action = keyReceive
+	case ActionSubscribe:
+		k.action = keySubscribe
+	default:
+		return k, false
+	}
+	fs := fieldsFor(in.Action)
+	if fs.topic && p.topic {
+		k.topic = in.Topic
+	}
+	if fs.filter && p.filter {
+		k.filter = in.Filter
+	}
+	if fs.qos && p.qos {
+		k.qos = in.QoS
+	}
+	if fs.message {
+		k.retain = p.retain && in.Retain
+		k.will = p.will && in.Will
+		if p.size {
+			k.size = in.PayloadSize
+		}
+	}
+	return k, true
+}
+
+type memoValue struct {
+	allow   bool
+	reasons []string
+}
+
+// subjectMemo holds one Subject's decisions under one revision's plan.
+type subjectMemo struct {
+	owner *Cache
+
+	mu       sync.RWMutex
+	plan     *cachePlan
+	m        map[memoKey]memoValue
+	released bool // the Subject was collected (a late store keeps nothing)
+}
+
+func (m *subjectMemo) load(p *cachePlan, k memoKey) (memoValue, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.plan != p {
+		return memoValue{}, false
+	}
+	v, ok := m.m[k]
+	return v, ok
+}
+
+func (m *subjectMemo) store(p *cachePlan, k memoKey, v memoValue) {
+	// The caller's strings may share memory with a whole packet (mochi's
+	// topics point into the packet buffer): keep copies of their own.
+	k.topic, k.filter = strings.Clone(k.topic), strings.Clone(k.filter)
+	c := m.owner
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur := c.engine.cur.Load(); cur == nil || cur.plan != p || m.released {
+		return // the revision changed meanwhile: p's decisions are stale
+	}
+	if m.plan != p {
+		c.entries.Add(-int64(len(m.m)))
+		m.m, m.plan = nil, p
+	}
+	if _, dup := m.m[k]; dup {
+		return // decided concurrently: the same answer
+	}
+	if m.m == nil {
+		m.m = make(map[memoKey]memoValue)
+	}
+	if len(m.m) >= c.maxPerSubject {
+		m.evictOne()
+	}
+	if c.entries.Add(1) > c.maxEntries {
+		// The cache is full: make room among this subject's own
+		// decisions, or keep no more.
+		if !m.evictOne() {
+			c.entries.Add(-1)
+			return
+		}
+	}
+	m.m[k] = v
+}
+
+// evictOne drops a decision of the subject, picked at random (map order
+// is). m.mu is held.
+func (m *subjectMemo) evictOne() bool {
+	for k := range m.m {
+		delete(m.m, k)
+		m.owner.entries.Add(-1)
+		return true
+	}
+	return false
+}
+
+// release drops all decisions; it runs when the Subject is collected.
+func (m *subjectMemo) release() {
+	m.mu.Lock()
+	n := len(m.m)
+	m.m, m.plan, m.released = nil, nil, true
+	m.mu.Unlock()
+	m.owner.entries.Add(-int64(n))
+}
