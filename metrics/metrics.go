@@ -143,7 +143,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"status"}),
 		revocations: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "revocations_total",
-			Help: "Devices revoked.",
+			Help: "Identities whose live sessions a registry change (revoke, suspend, delete) cut.",
 		}),
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "disconnects_total",

@@ -152,8 +152,8 @@ environment variable ZTGATE_TOKEN.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&apiURL, "api", defaultAPIURL, "enrollment API base URL (env "+envAPI+")")
-	fl.StringVar(&token, "token", "", "bootstrap token from `ztgate device token` (env "+envToken+")")
-	fl.StringVar(&pin, "ca-pin", "", "pin of the CA, sha256:HEX, from `ztgate device token` (required)")
+	fl.StringVar(&token, "token", "", "bootstrap token from ztgate device token (env "+envToken+")")
+	fl.StringVar(&pin, "ca-pin", "", "pin of the CA, sha256:HEX, from ztgate device token (required)")
 	fl.StringVar(&out, "out", ".", "directory to write svid.pem, svid.key and bundle.pem to")
 	return cmd
 }
