@@ -187,7 +187,9 @@ func (g *Gateway) Start() error {
 	if err != nil {
 		return fmt.Errorf("gateway: listen: %w", err)
 	}
-	if err := g.server.AddListener(newListener(listenerID, tcp, g.tls, g.connectTimeout, g.metrics.ConnectionRefused)); err != nil {
+	l := newListener(listenerID, tcp, g.tls, g.connectTimeout, g.metrics.ConnectionRefused)
+	l.disconnectClients = g.disconnectClients
+	if err := g.server.AddListener(l); err != nil {
 		_ = tcp.Close()
 		return fmt.Errorf("gateway: %w", err)
 	}
@@ -423,4 +425,16 @@ func (g *Gateway) disconnect(s *session, code packets.Code) {
 		t.Stop()
 	}
 	s.cl.Stop(code)
+}
+
+// disconnectClients tells every connected client that the server is going
+// away. It replaces mochi's own closer, whose Clients.GetByListener takes the
+// clients' read lock twice and so deadlocks against a Delete queued between
+// the two (mochi issue #488); GetAll takes it once.
+func (g *Gateway) disconnectClients() {
+	for _, cl := range g.server.Clients.GetAll() {
+		if !cl.Closed() {
+			_ = g.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }

@@ -29,7 +29,10 @@ type listener struct {
 	tls     *tls.Config
 	timeout time.Duration
 	refused func() // counts a connection refused in the handshake
-	log     *slog.Logger
+	// disconnectClients, if set, is used at Close instead of mochi's
+	// closer (see Gateway.disconnectClients).
+	disconnectClients func()
+	log               *slog.Logger
 
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -134,7 +137,11 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.mu.Unlock()
 
 	_ = l.tcp.Close()
-	closeClients(l.id)
+	if l.disconnectClients != nil {
+		l.disconnectClients()
+	} else {
+		closeClients(l.id)
+	}
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()
