@@ -54,7 +54,7 @@ bootstrap token into an SVID.`,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	root.AddCommand(c.newDevCmd(), c.newServeCmd(), c.newDeviceCmd(), c.newBootstrapEnrollCmd(),
-		c.newAuditCmd(), c.newPolicyCmd())
+		c.newAuditCmd(), c.newPolicyCmd(), c.newBenchCmd())
 	return root
 }
 
