@@ -185,15 +185,15 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if !ok || old == cl {
 		return
 	}
-	// From here on the old client decides nothing but its will: a delivery
-	// still racing to it is denied, so nothing unchecked is queued behind
-	// the pruning below. Its state goes when its connection has ended.
+	// From here on the old client publishes nothing but its will. A
+	// delivery racing to it until mochi moves its session is still decided
+	// as a receive of this same identity, so it is queued (and, being
+	// decided, needs no pruning) rather than dropped. Its state goes once
+	// the session has moved and its connection has ended.
 	if os := g.session(old); os != nil {
 		os.resumed.Store(!pk.Connect.Clean)
 		os.replaced.Store(true)
-		if !os.online.Load() {
-			g.sessions.Delete(old)
-		}
+		s.replacing.Store(old)
 	}
 	if pk.Connect.Clean {
 		return // mochi discards the old session
@@ -206,8 +206,23 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 // OnSessionEstablished counts the session as connected: mochi has answered
 // the CONNECT and will call OnDisconnect when the connection ends.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	if s := h.g.session(cl); s != nil && s.opened.CompareAndSwap(false, true) {
+	s := h.g.session(cl)
+	if s == nil {
+		return
+	}
+	if s.opened.CompareAndSwap(false, true) {
 		h.g.metrics.SessionOpened()
+	}
+	// The taken-over session has moved to cl. handedOver is set before
+	// online is read, and OnDisconnect clears online before it reads
+	// handedOver: one of the two forgets the old state.
+	if old := s.replacing.Swap(nil); old != nil {
+		if os := h.g.session(old); os != nil {
+			os.handedOver.Store(true)
+			if !os.online.Load() {
+				h.g.sessions.Delete(old)
+			}
+		}
 	}
 }
 
@@ -220,11 +235,10 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 		return
 	}
 	s.stopExpiry()
-	// online is cleared before replaced is read, and OnSessionEstablish
-	// sets replaced before it reads online: one of the two deletes.
+	// See OnSessionEstablished for the order of online and handedOver.
 	s.online.Store(false)
 	takenOver := s.replaced.Load() || cl.IsTakenOver()
-	if expire || takenOver {
+	if expire || (takenOver && s.handedOver.Load()) {
 		h.g.sessions.Delete(cl)
 	}
 	if s.opened.CompareAndSwap(true, false) {
@@ -323,11 +337,11 @@ func (g *Gateway) allowSubscribe(s *session, filter string, qos byte) bool {
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	g := h.g
 	s := g.session(cl)
-	if s == nil || s.revoked.Load() || s.replaced.Load() {
+	if s == nil || s.revoked.Load() {
 		return false
 	}
 	if write {
-		return !s.ended.Load()
+		return !s.replaced.Load() && !s.ended.Load()
 	}
 	if p := s.pending.Load(); p != nil {
 		for i := range *p {

@@ -45,9 +45,19 @@ type session struct {
 	// replaced is set when a new connection of the same identity and
 	// client ID takes the session over; resumed tells whether it continues
 	// the session (clean start false) or ends it. A replaced session
-	// decides nothing but its Last Will.
+	// publishes nothing but its Last Will; deliveries to it are still
+	// decided (as receives of the same identity) until mochi has moved
+	// them to the new connection, so a QoS 1 or 2 message racing the
+	// takeover is queued, not dropped.
 	replaced atomic.Bool
 	resumed  atomic.Bool
+	// handedOver is set on a replaced session once the new connection's
+	// session is established; its state is forgotten when that has
+	// happened and its own connection has ended, whichever is last.
+	handedOver atomic.Bool
+	// replacing is the client this session took over, until the takeover
+	// is complete (OnSessionEstablished).
+	replacing atomic.Pointer[mqtt.Client]
 	// pending holds the decided filters of the SUBSCRIBE being processed;
 	// see hook.OnACLCheck.
 	pending atomic.Pointer[[]filterDecision]
