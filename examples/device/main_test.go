@@ -2,15 +2,9 @@ package main
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -151,61 +145,18 @@ func TestParseFlags(t *testing.T) {
 // lays it out and checks the resulting client configuration.
 func TestLoadSVIDDir(t *testing.T) {
 	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: "example.org"}},
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{{Scheme: "spiffe", Host: "example.org", Path: "/device/sensor-1"}},
-	}, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pemOf := func(typ string, der ...[]byte) []byte {
-		var out []byte
-		for _, d := range der {
-			out = append(out, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: d})...)
-		}
-		return out
-	}
+	ca := newTestCA(t, "example.org")
+	chainPEM, keyPEM := ca.issue("spiffe://example.org/device/sensor-1", nil)
+	leafBlock, _ := pem.Decode(chainPEM)
+	leafDER := leafBlock.Bytes
 	write := func(name string, data []byte) {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("svid.pem", pemOf("CERTIFICATE", leafDER, caDER))
-	write("svid.key", pemOf("PRIVATE KEY", keyDER))
-	write("bundle.pem", pemOf("CERTIFICATE", caDER))
+	write("svid.pem", chainPEM)
+	write("svid.key", keyPEM)
+	write("bundle.pem", ca.bundlePEM())
 
 	cfg, store, err := loadSVIDDir(dir, "localhost")
 	if err != nil {
