@@ -157,32 +157,24 @@ func reportRate(b *testing.B, unit string) {
 // makes a full mTLS handshake per request, as one CLI call per device
 // does; parallel runs 4 clients per core on kept connections.
 func BenchmarkEnrollDevice(b *testing.B) {
-	b.Run("keepalive", func(b *testing.B) {
-		a := newBenchAPI(b)
-		c := a.client(b, &a.admin, true)
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			if err := a.enrollDevice(c, fmt.Sprintf("dev-%d", i)); err != nil {
-				b.Fatal(err)
+	for _, bc := range []struct {
+		name      string
+		keepAlive bool
+	}{{"keepalive", true}, {"new-connection", false}} {
+		b.Run(bc.name, func(b *testing.B) {
+			a := newBenchAPI(b)
+			c := a.client(b, &a.admin, bc.keepAlive)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if err := a.enrollDevice(c, fmt.Sprintf("dev-%d", i)); err != nil {
+					b.Fatal(err)
+				}
+				i++
 			}
-			i++
-		}
-		reportRate(b, "enrollments/s")
-	})
-	b.Run("new-connection", func(b *testing.B) {
-		a := newBenchAPI(b)
-		c := a.client(b, &a.admin, false)
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			if err := a.enrollDevice(c, fmt.Sprintf("dev-%d", i)); err != nil {
-				b.Fatal(err)
-			}
-			i++
-		}
-		reportRate(b, "enrollments/s")
-	})
+			reportRate(b, "enrollments/s")
+		})
+	}
 	b.Run("parallel", func(b *testing.B) {
 		a := newBenchAPI(b)
 		c := a.client(b, &a.admin, true)
