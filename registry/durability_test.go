@@ -118,6 +118,27 @@ func TestOpenLocked(t *testing.T) {
 }
 
 // writeRaw puts raw records (and meta values) into a closed store's file.
+// checkOpen opens the store at path: it must succeed when wantMsg is empty,
+// else fail with a "registry: " error that mentions wantMsg.
+func checkOpen(t *testing.T, path, wantMsg string) {
+	t.Helper()
+	s, err := Open(path)
+	if wantMsg == "" {
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		s.Close()
+		return
+	}
+	if err == nil {
+		s.Close()
+		t.Fatalf("Open accepted a bad store, want an error mentioning %s", wantMsg)
+	}
+	if !strings.Contains(err.Error(), wantMsg) || !strings.HasPrefix(err.Error(), "registry: ") {
+		t.Fatalf("err = %v, want it to mention %s", err, wantMsg)
+	}
+}
+
 func writeRaw(t *testing.T, path string, devices, meta map[string]string) {
 	t.Helper()
 	db, err := bbolt.Open(path, 0o600, nil)
@@ -179,21 +200,7 @@ func TestOpenRefusesBadRecords(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeRaw(t, path, tc.records, tc.meta)
-			s2, err := Open(path)
-			if tc.wantMsg == "" {
-				if err != nil {
-					t.Fatalf("Open: %v", err)
-				}
-				s2.Close()
-				return
-			}
-			if err == nil {
-				s2.Close()
-				t.Fatalf("Open accepted a bad store, want error mentioning %s", tc.wantMsg)
-			}
-			if !strings.Contains(err.Error(), tc.wantMsg) || !strings.HasPrefix(err.Error(), "registry: ") {
-				t.Fatalf("err = %v, want it to mention %s", err, tc.wantMsg)
-			}
+			checkOpen(t, path, tc.wantMsg)
 		})
 	}
 }
