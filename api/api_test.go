@@ -175,6 +175,8 @@ func adminRequest(t *testing.T, rt route, name string) (path, contentType string
 		return "/v1/policy/modules/extra.rego", "text/plain", []byte("package ztgate.extra\n\nhello := true\n")
 	case "POST /v1/policy/eval":
 		return path, "application/json", []byte(`{"action":"admin"}`)
+	case "DELETE /v1/retained":
+		return path + "?topic=devices/" + name + "/state", "", nil
 	}
 	return path, "", nil
 }
@@ -222,6 +224,7 @@ func TestNonAdminIdentitiesForbiddenOnEveryAdminRoute(t *testing.T) {
 	}
 
 	// Positive control, in an order that leaves every route meaningful.
+	e.retained.put("devices/allowed/state", 1)
 	for _, rt := range routes {
 		if rt.access != adminAccess {
 			continue
@@ -746,7 +749,7 @@ func TestPolicyInput(t *testing.T) {
 		t.Fatalf("%d decisions, want 2", len(seen))
 	}
 	a, s := seen[0], seen[1]
-	if a.Action != policy.ActionAdmin || a.Request == nil || *a.Request != (policy.Request{Method: "POST", Path: "/v1/devices/sensor-0/suspend"}) {
+	if a.Action != policy.ActionAdmin || a.Request == nil || *a.Request != (policy.Request{Method: "POST", Path: "/v1/devices/sensor-0/suspend", Route: "device.suspend"}) {
 		t.Fatalf("admin input %+v %+v", a, a.Request)
 	}
 	wantID := policy.Identity{SPIFFEID: "spiffe://example.org/admin/dev", TrustDomain: "example.org",
@@ -765,6 +768,9 @@ func TestPolicyInput(t *testing.T) {
 	}
 	if s.Subject.Device != nil || s.Subject.Identity.SPIFFEID != "spiffe://example.org/device/ghost" {
 		t.Fatalf("unenrolled input %+v", s.Subject)
+	}
+	if *s.Request != (policy.Request{Method: "GET", Path: "/v1/devices", Route: "device.list"}) {
+		t.Fatalf("unenrolled request %+v", s.Request)
 	}
 }
 
@@ -883,6 +889,8 @@ func TestWireTypesMatchSpecFields(t *testing.T) {
 		"PolicyStatus":        PolicyStatus{},
 		"EvalResponse":        EvalResponse{},
 		"Session":             Session{},
+		"RetainedMessage":     RetainedMessage{},
+		"RetainedList":        RetainedList{},
 		"Health":              Health{},
 		"Readiness":           Readiness{},
 		"Error":               ErrorResponse{},

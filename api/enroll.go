@@ -1,6 +1,9 @@
 package api
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math"
@@ -119,6 +122,10 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 			err = badRequest("CSR refused: %v", cerr)
 		}
 	}
+	var keySum [sha256.Size]byte
+	if err == nil {
+		keySum, err = csrKeySum(csrPEM)
+	}
 	if err != nil {
 		s.metrics.enrollments.WithLabelValues("bad_request").Inc()
 		s.fail(w, "enroll csr", err)
@@ -126,12 +133,15 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// The token ID names the record and is no secret; the secret is never
-	// logged. A malformed token has no ID.
+	// logged. A malformed token has no ID. The token is bound to the CSR's
+	// key (whose possession the CSR's signature proved), so that the
+	// device, and only the device, can redeem it again if this answer is
+	// lost.
 	tokenID := registry.TokenID(req.Token)
-	d, err := s.cfg.Registry.RedeemToken(req.Token, now, registry.WithDetail("remote "+r.RemoteAddr))
+	d, retry, err := s.cfg.Registry.RedeemTokenForKey(req.Token, keySum, now, registry.WithDetail("remote "+r.RemoteAddr))
 	if errors.Is(err, registry.ErrTokenInvalid) {
 		s.metrics.enrollments.WithLabelValues("invalid_token").Inc()
-		reason := "token " + tokenID + " refused (unknown, wrong secret, used, expired, or its device is not pending)"
+		reason := "token " + tokenID + " refused (unknown, wrong secret, used with another key, expired, or its device is not pending)"
 		if tokenID == "" {
 			reason = "malformed token"
 		}
@@ -152,8 +162,22 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	}
 	// The device is active now, enrolled under the one SPIFFE ID its
 	// token was made for; that is the ID signed, whatever the CSR says.
-	s.log.Info("api: bootstrap token redeemed", "device", d.Name, "spiffe_id", d.SPIFFEID,
-		"token_id", tokenID, "remote_addr", r.RemoteAddr)
+	result := "ok"
+	if retry {
+		result = "retry"
+		s.log.Info("api: bootstrap token retried with its key; re-issuing the SVID", "device", d.Name,
+			"spiffe_id", d.SPIFFEID, "token_id", tokenID, "remote_addr", r.RemoteAddr)
+		if err := s.record(r, registry.AuditEntry{Actor: registry.ActorBootstrapToken, Action: "token.redeem",
+			Target: d.Name, Result: registry.ResultOK,
+			Detail: fmt.Sprintf("token %s retry with the key it was redeemed for (sha256:%x); SVID re-issued", tokenID, keySum[:8])}); err != nil {
+			s.metrics.enrollments.WithLabelValues("error").Inc()
+			s.internalError(w, "audit token retry", err)
+			return
+		}
+	} else {
+		s.log.Info("api: bootstrap token redeemed", "device", d.Name, "spiffe_id", d.SPIFFEID,
+			"token_id", tokenID, "remote_addr", r.RemoteAddr)
+	}
 	rec := &recorder{ResponseWriter: w}
 	s.issueSVID(rec, r, svidIssue{
 		action: actionSVIDIssue,
@@ -165,10 +189,24 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		},
 	})
 	if rec.status == http.StatusOK {
-		s.metrics.enrollments.WithLabelValues("ok").Inc()
+		s.metrics.enrollments.WithLabelValues(result).Inc()
 	} else {
 		s.metrics.enrollments.WithLabelValues("error").Inc()
 	}
+}
+
+// csrKeySum returns the SHA-256 of the DER SubjectPublicKeyInfo of a CSR
+// that parseCSRPEM accepted.
+func csrKeySum(csrPEM []byte) ([sha256.Size]byte, error) {
+	block, _ := pem.Decode(csrPEM)
+	if block == nil {
+		return [sha256.Size]byte{}, badRequest("CSR is not PEM")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return [sha256.Size]byte{}, badRequest("CSR does not parse: %v", err)
+	}
+	return sha256.Sum256(csr.RawSubjectPublicKeyInfo), nil
 }
 
 // retryAfter is the Retry-After seconds for one more request at limit.
@@ -185,6 +223,17 @@ func retryAfter(limit float64) int {
 func (s *Server) renewSVID(w http.ResponseWriter, r *http.Request) {
 	st := stateOf(r)
 	st.target = st.peer
+	// Per identity, before anything is read, looked up, signed or written.
+	// A refusal is logged and counted, not audited: each audit entry is a
+	// synced write, which is what a looping device must not get for free.
+	if !s.renewLimit.allow(st.peer, s.now()) {
+		st.audited = true
+		s.metrics.renewLimited.Inc()
+		s.log.Warn("api: svid renewal rate limited", "spiffe_id", st.peer, "remote_addr", r.RemoteAddr)
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter(float64(s.cfg.RenewRate))))
+		writeError(w, http.StatusTooManyRequests, "too many SVID renewals for this identity; retry later")
+		return
+	}
 	csrPEM, err := readCSR(r)
 	if err != nil {
 		s.fail(w, "read csr", err)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -10,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -46,6 +48,9 @@ type env struct {
 	base   string // https://127.0.0.1:PORT
 	logs   *lockedBuffer
 	clock  *testClock // the server's clock (token expiry, rate limits)
+	// retained stands in for the gateway's retained messages (unless an
+	// option replaced the functions).
+	retained *fakeRetained
 
 	admin    *http.Client // enrolled, role=admin
 	device   *http.Client // enrolled device sensor-0, no admin role
@@ -76,6 +81,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	}
 	logs := &lockedBuffer{}
 	eng := defaultEngine(t)
+	retained := newFakeRetained()
 	cfg := Config{
 		Addr:     "127.0.0.1:0",
 		TLS:      identity.APIServerTLSConfig(cert, v),
@@ -84,10 +90,13 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		Verifier: v,
 		Decider:  eng,
 		Policy:   eng,
-		// Tests that are about the limit set one; the others would
-		// otherwise trip over it.
-		EnrollRate: rate.Inf,
-		Logger:     slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// Tests that are about the limits set them; the others would
+		// otherwise trip over them.
+		EnrollRate:     rate.Inf,
+		RenewRate:      rate.Inf,
+		ListRetained:   retained.list,
+		DeleteRetained: retained.delete,
+		Logger:         slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -109,7 +118,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 
 	reg = cfg.Registry // an option may bring its own
 	e := &env{t: t, ca: ca, v: v, reg: reg, engine: eng, srv: srv, base: "https://" + srv.Addr().String(),
-		logs: logs, clock: clock}
+		logs: logs, clock: clock, retained: retained}
 	if pe, ok := cfg.Policy.(*policy.Engine); ok {
 		e.engine = pe
 	}
@@ -158,6 +167,83 @@ func withPolicyDir(t *testing.T, dir *string) envOption {
 		}
 		c.Decider, c.Policy = eng, eng
 	}
+}
+
+// withPolicy runs the API with a policy of its own: modules (file name ->
+// Rego source) in a fresh policy directory, so that modules can be uploaded
+// as well.
+func withPolicy(t *testing.T, modules map[string]string) envOption {
+	return func(c *Config) {
+		dir := t.TempDir()
+		for name, src := range modules {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fsys, err := policy.LoadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eng, err := policy.NewEngine(fsys, policy.Options{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatalf("policy engine: %v", err)
+		}
+		if err := eng.LoadDir(dir); err != nil {
+			t.Fatalf("LoadDir: %v", err)
+		}
+		c.Decider, c.Policy = eng, eng
+	}
+}
+
+// enrolledClient enrolls name (an active device with labels, under
+// spiffe://TD/device/NAME) in the registry and returns a client holding its
+// SVID.
+func (e *env) enrolledClient(name string, labels map[string]string) *http.Client {
+	e.t.Helper()
+	id := spiffeid.RequireFromPath(td, "/device/"+name)
+	if _, err := e.reg.Create(registry.Device{Name: name, SPIFFEID: id.String(), Labels: labels}); err != nil {
+		e.t.Fatalf("enroll %s: %v", name, err)
+	}
+	return e.clientFor(id)
+}
+
+// raw sends one HTTP/1.1 request with exactly the request target given,
+// over TLS with the client certificate of c (nil: none), so that no client
+// library cleans or re-escapes the path on the way.
+func (e *env) raw(c *http.Client, method, target, contentType string, body []byte) response {
+	e.t.Helper()
+	cfg := clientTLS(e.ca, nil)
+	if c != nil {
+		cfg = c.Transport.(*http.Transport).TLSClientConfig.Clone()
+	}
+	cfg.NextProtos = []string{"http/1.1"}
+	addr := strings.TrimPrefix(e.base, "https://")
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		e.t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	var req bytes.Buffer
+	fmt.Fprintf(&req, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, target, addr)
+	if contentType != "" {
+		fmt.Fprintf(&req, "Content-Type: %s\r\n", contentType)
+	}
+	fmt.Fprintf(&req, "Content-Length: %d\r\n\r\n", len(body))
+	req.Write(body)
+	if _, err := conn.Write(req.Bytes()); err != nil {
+		e.t.Fatalf("%s %s: write: %v", method, target, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		e.t.Fatalf("%s %s: read: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatalf("%s %s: body: %v", method, target, err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
 // testClock is the server's clock in tests: real time moved by an offset,

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,24 +94,30 @@ func unsupportedMediaType(want ...string) error {
 }
 
 // decodeJSON reads exactly one JSON object into v, refusing unknown fields
-// and trailing data.
+// and trailing data. Field names must match exactly: encoding/json would
+// read {"NAME": ...} as "name", so every key is checked against v's type
+// once the decode succeeded (see checkFieldNames).
 func decodeJSON(r *http.Request, v any) error {
 	if mediaType(r) != "application/json" {
 		return unsupportedMediaType("application/json")
 	}
-	dec := json.NewDecoder(r.Body)
+	raw, err := io.ReadAll(r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return err
+		}
+		return badRequest("reading the body: %v", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
 	}
 	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return err
-		}
 		return badRequest("invalid JSON: trailing data after the object")
 	}
-	return nil
+	return checkFieldNames(raw, reflect.TypeOf(v))
 }
 
 func jsonError(err error) error {

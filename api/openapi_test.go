@@ -2,13 +2,16 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"golang.org/x/time/rate"
 	"gopkg.in/yaml.v3"
 )
 
@@ -242,6 +245,12 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 	if err := closed.reg.Close(); err != nil {
 		t.Fatal(err)
 	}
+	limited := newEnv(t, func(c *Config) { c.RenewRate, c.RenewBurst = rate.Every(time.Minute), 1 })
+	limited.clock.Freeze()
+	if r := limited.do(limited.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csr); r.status != http.StatusOK {
+		t.Fatalf("first renewal: %d %s", r.status, r.body)
+	}
+	e.retained.put("devices/live/state", 1)
 
 	cases := []struct {
 		route, path, ct, body string
@@ -308,6 +317,15 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 		{"POST /v1/policy/eval", "/v1/policy/eval", "application/json", `{}`, e.device, 403},
 		{"POST /v1/policy/eval", "/v1/policy/eval", "application/json", `{"action":"admin"}`, e.admin, 200},
 		{"GET /v1/sessions", "/v1/sessions", "", ``, e.device, 403},
+		{"GET /v1/retained", "/v1/retained?filter=a/%23/b", "", ``, e.admin, 400},
+		{"GET /v1/retained", "/v1/retained", "", ``, e.anon, 401},
+		{"GET /v1/retained", "/v1/retained", "", ``, e.device, 403},
+		{"GET /v1/retained", "/v1/retained?filter=devices/%2B/state", "", ``, e.admin, 200},
+		{"DELETE /v1/retained", "/v1/retained?topic=a/%2B", "", ``, e.admin, 400},
+		{"DELETE /v1/retained", "/v1/retained?topic=a", "", ``, e.anon, 401},
+		{"DELETE /v1/retained", "/v1/retained?topic=devices/live/state", "", ``, e.device, 403},
+		{"DELETE /v1/retained", "/v1/retained?topic=devices/live/state", "", ``, e.admin, 204},
+		{"DELETE /v1/retained", "/v1/retained?topic=devices/live/state", "", ``, e.admin, 404},
 		{"GET /metrics", "/metrics", "", ``, e.device, 403},
 		{"GET /healthz", "/healthz", "", ``, e.device, 200},
 		{"GET /healthz", "/healthz", "", ``, e.anon, 200},
@@ -324,6 +342,27 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 		{noPolicy, "GET /v1/policy", "/v1/policy", "", "", 501},
 		{noPolicy, "POST /v1/policy/eval", "/v1/policy/eval", "application/json", "{}", 501},
 		{closed, "GET /readyz", "/readyz", "", "", 503},
+	}
+	// Renewals over the limit, and a failing retained store.
+	if _, ok := ops["POST /v1/svid/renew"].Responses["429"]; !ok {
+		t.Error("POST /v1/svid/renew: the spec does not document 429")
+	}
+	if r := limited.do(limited.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csr); r.status != http.StatusTooManyRequests {
+		t.Errorf("POST /v1/svid/renew over the limit: %d %s, want 429", r.status, r.body)
+	}
+	broken := newEnv(t)
+	broken.retained.err = errors.New("store on fire")
+	for _, q := range []struct{ route, path string }{
+		{"GET /v1/retained", "/v1/retained"},
+		{"DELETE /v1/retained", "/v1/retained?topic=a"},
+	} {
+		if _, ok := ops[q.route].Responses["500"]; !ok {
+			t.Errorf("%s: the spec does not document 500", q.route)
+		}
+		method, _, _ := strings.Cut(q.route, " ")
+		if r := broken.do(broken.admin, method, q.path, "", nil); r.status != http.StatusInternalServerError {
+			t.Errorf("%s with a failing store: %d %s, want 500", q.route, r.status, r.body)
+		}
 	}
 	for _, o := range other {
 		op, ok := ops[o.route]

@@ -21,9 +21,23 @@ const (
 	// maxLimitedAddrs bounds the addresses the enrollment limiter tracks
 	// (a few hundred bytes each), however many addresses a flood uses.
 	maxLimitedAddrs = 10_000
+
+	// DefaultRenewBurst renewals per SPIFFE ID, then one per 20 seconds
+	// (DefaultRenewRate): a device renews about once per half SVID
+	// lifetime, so this covers retries and restarts, while a device that
+	// loops can no longer turn renewals into a stream of signatures and
+	// synced audit writes.
+	DefaultRenewRate  = rate.Limit(1.0 / 20)
+	DefaultRenewBurst = 3
+
+	// maxLimitedIDs bounds the identities the renewal limiter tracks. An
+	// identity dropped from it starts again with a full burst, which only
+	// a valid SVID of its own can spend.
+	maxLimitedIDs = 10_000
 )
 
-// addrLimiter is a token bucket per remote address, held in a bounded LRU.
+// addrLimiter is a token bucket per key (a remote address, or a SPIFFE ID
+// for renewals), held in a bounded LRU.
 //
 // An address idle for longer than a full refill has a full bucket again, so
 // dropping its entry loses nothing; such entries are dropped as the limiter

@@ -37,6 +37,9 @@ type route struct {
 
 func (rt route) pattern() string { return rt.method + " " + rt.path }
 
+// readyzPattern is the readiness probe's route, which tells more to admins.
+const readyzPattern = "GET /readyz"
+
 func (rt route) bodyLimit() int64 {
 	if rt.maxBody > 0 {
 		return rt.maxBody
@@ -61,6 +64,8 @@ var routes = []route{
 	{method: http.MethodPut, path: "/v1/policy/modules/{name}", action: actionPolicyPut, maxBody: maxModuleBodyBytes, handler: (*Server).putPolicyModule},
 	{method: http.MethodPost, path: "/v1/policy/eval", action: "policy.eval", handler: (*Server).evalPolicy},
 	{method: http.MethodGet, path: "/v1/sessions", action: "session.list", handler: (*Server).listSessions},
+	{method: http.MethodGet, path: "/v1/retained", action: "retained.list", handler: (*Server).listRetained},
+	{method: http.MethodDelete, path: "/v1/retained", action: actionRetainedDelete, handler: (*Server).deleteRetained},
 	// Probes: a load balancer must reach them without credentials, and
 	// they reveal nothing but whether the API is up and ready.
 	{method: http.MethodGet, path: "/healthz", access: publicAccess, action: "health", handler: (*Server).healthz},

@@ -93,6 +93,18 @@ type Config struct {
 	// error. The API checks the registry and the policy revision itself;
 	// nil adds nothing to those checks.
 	Ready func() error
+	// RenewRate and RenewBurst limit POST /v1/svid/renew per SPIFFE ID;
+	// zero means DefaultRenewRate and DefaultRenewBurst, rate.Inf means
+	// no limit.
+	RenewRate  rate.Limit
+	RenewBurst int
+	// ListRetained lists at most limit of the gateway's retained messages
+	// whose topics match filter (a valid MQTT filter, not a shared one);
+	// nil means there are none.
+	ListRetained func(filter string, limit int) ([]RetainedMessage, error)
+	// DeleteRetained removes the retained message of a topic name and
+	// reports whether there was one; nil means there never is.
+	DeleteRetained func(topic string) (bool, error)
 }
 
 // Session is one live MQTT session of the gateway, as GET /v1/sessions
@@ -118,6 +130,8 @@ type Server struct {
 	srv       *http.Server
 	// enrollLimit is the per-address limit of enrollment attempts.
 	enrollLimit *addrLimiter
+	// renewLimit is the per-identity limit of SVID renewals.
+	renewLimit *addrLimiter
 	// refusalAudit bounds how many refusals and failures per second are
 	// written to the audit log (see record).
 	refusalAudit *rate.Limiter
@@ -149,6 +163,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("api: negative enrollment rate %v", cfg.EnrollRate)
 	case cfg.EnrollBurst < 0:
 		return nil, fmt.Errorf("api: negative enrollment burst %d", cfg.EnrollBurst)
+	case cfg.RenewRate < 0:
+		return nil, fmt.Errorf("api: negative renewal rate %v", cfg.RenewRate)
+	case cfg.RenewBurst < 0:
+		return nil, fmt.Errorf("api: negative renewal burst %d", cfg.RenewBurst)
 	}
 	if cfg.SVIDTTL == 0 {
 		cfg.SVIDTTL = DefaultSVIDTTL
@@ -158,6 +176,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.EnrollBurst == 0 {
 		cfg.EnrollBurst = DefaultEnrollBurst
+	}
+	if cfg.RenewRate == 0 {
+		cfg.RenewRate = DefaultRenewRate
+	}
+	if cfg.RenewBurst == 0 {
+		cfg.RenewBurst = DefaultRenewBurst
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -177,6 +201,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	renewLimiter, err := newAddrLimiter(cfg.RenewRate, cfg.RenewBurst, maxLimitedIDs)
+	if err != nil {
+		return nil, err
+	}
 
 	s := &Server{
 		cfg:          cfg,
@@ -186,6 +214,7 @@ func New(cfg Config) (*Server, error) {
 		csrf:         http.NewCrossOriginProtection(),
 		metrics:      m,
 		enrollLimit:  limiter,
+		renewLimit:   renewLimiter,
 		refusalAudit: rate.NewLimiter(refusalAuditRate, refusalAuditBurst),
 		now:          time.Now,
 		done:         make(chan struct{}),
@@ -286,8 +315,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w}
 	st := &reqState{}
-	_, pattern := s.mux.Handler(r)
-	rt := s.byPattern[pattern] // nil: unknown path or method
+	var pattern string
 	defer func() {
 		status := rec.status
 		if status == 0 {
@@ -301,13 +329,26 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.metrics.observe(r.Method, route, status, d)
 		s.log.Info("api request",
 			"method", r.Method,
-			"path", r.URL.Path,
+			"path", r.URL.EscapedPath(),
 			"status", status,
 			"spiffe_id", st.peer,
 			"remote_addr", r.RemoteAddr,
 			"duration", d,
 		)
 	}()
+
+	if r.TLS == nil {
+		writeError(rec, http.StatusUnauthorized, "the API is served over TLS only")
+		return
+	}
+	// Before routing: the router, the policy and the handler must all see
+	// the one path.
+	if err := checkPath(r.URL); err != nil {
+		writeError(rec, http.StatusBadRequest, err.Error())
+		return
+	}
+	_, pattern = s.mux.Handler(r)
+	rt := s.byPattern[pattern] // nil: unknown path or method
 
 	limit := int64(maxBodyBytes)
 	acc := adminAccess // unknown routes too: nothing is answered anonymously by default
@@ -318,10 +359,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	// oversized body instead of draining it.
 	r.Body = http.MaxBytesReader(w, r.Body, limit)
 
-	if r.TLS == nil {
-		writeError(rec, http.StatusUnauthorized, "the API is served over TLS only")
-		return
-	}
 	// A browser holding an admin certificate must not be turned into a
 	// confused deputy by another site. Safe methods pass the check.
 	if err := s.csrf.Check(r); err != nil {
@@ -404,27 +441,87 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (spiffeid.
 	return id, true
 }
 
-// authorize authenticates the peer and asks the policy whether it may make
-// this request (rt is nil for an unknown route). It writes the error
-// response itself, audits a denial, and returns false when the request must
-// not proceed.
+// authorize authenticates the peer and decides whether it may make this
+// admin request (rt is nil for an unknown route; see admit). It writes the
+// error response itself, audits a refusal, and returns false when the
+// request must not proceed.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *route) (spiffeID string, ok bool) {
 	id, ok := s.authenticate(w, r)
 	if !ok {
 		return "", false
 	}
 	spiffeID = id.String()
+	action := "api.request"
+	if rt != nil {
+		action = rt.action
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), decisionTimeout)
+	defer cancel()
+	ref, err := s.admit(ctx, r, id, routeName(rt))
+	if err != nil {
+		s.internalError(w, "registry lookup of peer", err)
+		return spiffeID, false
+	}
+	if ref == nil {
+		return spiffeID, true
+	}
+	if dec := ref.decision; dec != nil {
+		s.metrics.denied.Inc()
+		s.log.Info("api: denied by policy", "spiffe_id", spiffeID, "method", r.Method,
+			"path", r.URL.Path, "reasons", dec.Reasons, "revision", dec.Revision, "decision_id", dec.ID)
+	} else {
+		s.log.Info("api: refused before the policy", "spiffe_id", spiffeID, "method", r.Method,
+			"path", r.URL.Path, "why", ref.detail)
+	}
+	_ = s.record(r, registry.AuditEntry{Actor: spiffeID, Action: action,
+		Target: r.Method + " " + r.URL.EscapedPath(), Result: registry.ResultDenied, Detail: ref.detail})
+	writeError(w, http.StatusForbidden, ref.msg)
+	return spiffeID, false
+}
 
+// refusal is why a verified peer may not make an admin request.
+type refusal struct {
+	msg    string // the answer's error message
+	detail string // for the audit entry
+	// decision is the policy's denial; nil when the request was refused
+	// before the policy was asked.
+	decision *policy.Decision
+}
+
+// routeName is the name the policy sees for a route: its action in the
+// route table, "" when no route matched.
+func routeName(rt *route) string {
+	if rt == nil {
+		return ""
+	}
+	return rt.action
+}
+
+// admit decides whether the verified peer id may make the admin request r
+// on the route named route: nil when it may, else why not. An error is a
+// failed registry lookup; the caller must refuse.
+//
+// An enrolled identity that is not active is refused here, before the
+// policy is asked and whatever it would say, as the gateway refuses it at
+// CONNECT: a policy that forgets the status must not keep a revoked admin
+// in. An identity that is not enrolled is the policy's to decide (it sees
+// device null).
+func (s *Server) admit(ctx context.Context, r *http.Request, id spiffeid.ID, route string) (*refusal, error) {
+	spiffeID := id.String()
 	var dev *policy.Device
 	d, err := s.cfg.Registry.GetBySPIFFEID(spiffeID)
 	switch {
+	case err == nil && d.Status != registry.StatusActive:
+		return &refusal{
+			msg:    fmt.Sprintf("device %q is %s; only an active identity uses the API", d.Name, d.Status),
+			detail: fmt.Sprintf("device %s is %s: refused before the policy", d.Name, d.Status),
+		}, nil
 	case err == nil:
 		dev = &policy.Device{Name: d.Name, Labels: d.Labels, Status: string(d.Status)}
 	case errors.Is(err, registry.ErrNotFound):
 		// Not enrolled: the policy sees device null and decides.
 	default:
-		s.internalError(w, "registry lookup of peer", err)
-		return spiffeID, false
+		return nil, err
 	}
 
 	in := &policy.Input{
@@ -434,36 +531,24 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *route) (s
 			Device:   dev,
 			Client:   policy.Client{RemoteAddr: r.RemoteAddr},
 		},
-		// The escaped path is what ServeMux routes on, so the policy sees
-		// the same segments the router does.
-		Request: &policy.Request{Method: r.Method, Path: r.URL.EscapedPath()},
+		// serve has refused every path that is not canonical, so the
+		// decoded path is exactly the one the router matched.
+		Request: &policy.Request{Method: r.Method, Path: r.URL.Path, Route: route},
 		Time:    time.Now().UTC(),
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), decisionTimeout)
-	defer cancel()
 	dec := s.cfg.Decider.Decide(ctx, in)
 	if dec.Err != nil {
 		s.log.Error("api: policy evaluation failed; denying", "spiffe_id", spiffeID,
 			"method", r.Method, "path", r.URL.Path, "err", dec.Err)
 	}
-	if !dec.Allow || dec.Err != nil {
-		s.metrics.denied.Inc()
-		s.log.Info("api: denied by policy", "spiffe_id", spiffeID, "method", r.Method,
-			"path", r.URL.Path, "reasons", dec.Reasons, "revision", dec.Revision, "decision_id", dec.ID)
-		action := "api.request"
-		if rt != nil {
-			action = rt.action
-		}
-		detail := "denied by policy revision " + dec.Revision
-		if len(dec.Reasons) > 0 {
-			detail += ": " + strings.Join(dec.Reasons, ", ")
-		}
-		_ = s.record(r, registry.AuditEntry{Actor: spiffeID, Action: action,
-			Target: r.Method + " " + r.URL.EscapedPath(), Result: registry.ResultDenied, Detail: detail})
-		writeError(w, http.StatusForbidden, "forbidden by policy")
-		return spiffeID, false
+	if dec.Allow && dec.Err == nil {
+		return nil, nil
 	}
-	return spiffeID, true
+	detail := "denied by policy revision " + dec.Revision
+	if len(dec.Reasons) > 0 {
+		detail += ": " + strings.Join(dec.Reasons, ", ")
+	}
+	return &refusal{msg: "forbidden by policy", detail: detail, decision: &dec}, nil
 }
 
 // identityOf converts a verified SPIFFE ID into the policy's identity.
@@ -552,6 +637,7 @@ type metrics struct {
 	svids           prometheus.Counter
 	enrollments     *prometheus.CounterVec
 	auditSuppressed prometheus.Counter
+	renewLimited    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -575,11 +661,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ztgate_api_enrollments_total",
-			Help: "Bootstrap-token enrollment attempts by result (ok, invalid_token, rate_limited, bad_request, error).",
+			Help: "Bootstrap-token enrollment attempts by result (ok, retry, invalid_token, rate_limited, bad_request, error).",
 		}, []string{"result"}),
 		auditSuppressed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ztgate_api_audit_suppressed_total",
 			Help: "Refusals and failures not written to the audit log because they came faster than its refusal rate limit (they are still logged).",
+		}),
+		renewLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ztgate_api_renewals_rate_limited_total",
+			Help: "SVID renewals refused because their identity renewed faster than the renewal rate limit.",
 		}),
 	}
 	var err error
@@ -589,6 +679,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.svids = register(reg, m.svids, &err)
 	m.enrollments = register(reg, m.enrollments, &err)
 	m.auditSuppressed = register(reg, m.auditSuppressed, &err)
+	m.renewLimited = register(reg, m.renewLimited, &err)
 	if err != nil {
 		return nil, fmt.Errorf("api: register metrics: %w", err)
 	}

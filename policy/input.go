@@ -66,10 +66,15 @@ func (s *Subject) Cached(build func(*Subject) any) any {
 	return s.cache
 }
 
-// Request is the HTTP request of an admin decision.
+// Request is the HTTP request of an admin decision. Path is the request's
+// path as the API routed it: decoded, and canonical (the API refuses any
+// other spelling before routing). Route names the route it matched, the
+// action of the API's route table ("device.create", "policy.status"), or
+// is empty when no route matched.
 type Request struct {
 	Method string
 	Path   string
+	Route  string
 }
 
 // Input is one policy decision request: the document of DESIGN.md's policy

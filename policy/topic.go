@@ -171,3 +171,13 @@ func SplitShared(filter string) (inner, group string, ok bool, err error) {
 	}
 	return inner, group, true, nil
 }
+
+// ValidTopicName reports whether name is a valid MQTT topic name: non-empty,
+// no wildcard characters, no NUL. It is the check TopicMatches applies, for
+// callers that take a topic name from outside MQTT (the admin API).
+func ValidTopicName(name string) bool { return validTopic(name) }
+
+// ValidTopicFilter reports whether filter is a valid MQTT topic filter:
+// non-empty, no NUL, '+' and '#' only as a whole level, '#' only last. It is
+// the check TopicMatches and FilterWithin apply.
+func ValidTopicFilter(filter string) bool { return validFilter(filter) }

@@ -65,6 +65,7 @@ var (
 	keyRemoteAddr      = ast.StringTerm("remote_addr")
 	keyProtocolVersion = ast.StringTerm("protocol_version")
 	keyMethod          = ast.StringTerm("method")
+	keyRoute           = ast.StringTerm("route")
 
 	actionTerms = map[Action]*ast.Term{
 		ActionConnect:   ast.StringTerm(string(ActionConnect)),
@@ -191,6 +192,7 @@ func (in *Input) value() ast.Value {
 		items = append(items, ast.Item(keyRequest, ast.ObjectTerm(
 			ast.Item(keyMethod, ast.StringTerm(in.Request.Method)),
 			ast.Item(keyPath, ast.StringTerm(in.Request.Path)),
+			ast.Item(keyRoute, ast.StringTerm(in.Request.Route)),
 		)))
 	}
 	return ast.NewObject(items...)
@@ -236,6 +238,7 @@ type jsonClient struct {
 type jsonRequest struct {
 	Method string `json:"method"`
 	Path   string `json:"path"`
+	Route  string `json:"route"`
 }
 
 // MarshalJSON encodes the input as the policy input document of DESIGN's
@@ -278,7 +281,7 @@ func (in *Input) MarshalJSON() ([]byte, error) {
 		doc.Retain, doc.Will, doc.PayloadSize = &in.Retain, &in.Will, &in.PayloadSize
 	}
 	if fs.request && in.Request != nil {
-		doc.Request = &jsonRequest{Method: in.Request.Method, Path: in.Request.Path}
+		doc.Request = &jsonRequest{Method: in.Request.Method, Path: in.Request.Path, Route: in.Request.Route}
 	}
 	return json.Marshal(doc)
 }

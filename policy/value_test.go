@@ -41,7 +41,7 @@ func valueInputs() map[string]*Input {
 		"receive":         {Action: ActionReceive, Subject: s, Time: when, Topic: "devices/a/commands/x", QoS: 1, PayloadSize: 3},
 		"subscribe":       {Action: ActionSubscribe, Subject: s, Time: when, Filter: "devices/a/commands/#", QoS: 1, Topic: "ignored", Retain: true},
 		"subscribe-unenr": {Action: ActionSubscribe, Subject: unenrolled, Time: when, Filter: "#"},
-		"admin":           {Action: ActionAdmin, Subject: s, Time: when, Request: &Request{Method: "POST", Path: "/v1/devices"}, Topic: "ignored"},
+		"admin":           {Action: ActionAdmin, Subject: s, Time: when, Request: &Request{Method: "POST", Path: "/v1/devices", Route: "device.create"}, Topic: "ignored"},
 		"admin-norequest": {Action: ActionAdmin, Subject: s, Time: when},
 		"unknown-action":  {Action: "unsubscribe", Subject: s, Time: when, Topic: "x", Filter: "y"},
 		"empty-action":    {Subject: s, Time: when},
@@ -98,7 +98,7 @@ func TestMarshalJSONDocument(t *testing.T) {
 			`"identity":{"spiffe_id":"spiffe://example.org/device/a","trust_domain":"example.org","path":"/device/a","segments":["device","a"]},` +
 			`"device":{"name":"a","labels":{"role":"sensor","site":"b"},"status":"active"},` +
 			`"client":{"id":"a","remote_addr":"127.0.0.1:50412","protocol_version":5},` +
-			`"request":{"method":"POST","path":"/v1/devices"},"time":"2026-11-28T11:00:00Z"}`,
+			`"request":{"method":"POST","path":"/v1/devices","route":"device.create"},"time":"2026-11-28T11:00:00Z"}`,
 		"bare-subject": `{"action":"publish",` +
 			`"identity":{"spiffe_id":"","trust_domain":"","path":"","segments":[]},` +
 			`"device":{"name":"x","labels":{},"status":""},` +

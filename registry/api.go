@@ -61,8 +61,9 @@ var (
 	// undergo: it becomes active only by redeeming its bootstrap token.
 	ErrPending = errors.New("registry: device is pending enrollment")
 	// ErrTokenInvalid is the one answer to a bootstrap token that is
-	// malformed, unknown, wrong, expired or used, or whose device is no
-	// longer pending: a caller learns nothing about which it was.
+	// malformed, unknown, wrong, expired or used (but for a retry with the
+	// key it was redeemed for; see RedeemTokenForKey), or whose device is
+	// no longer pending: a caller learns nothing about which it was.
 	ErrTokenInvalid = errors.New("registry: invalid bootstrap token")
 	// ErrInvalidQuery is returned for a bad selector, cursor, limit or status
 	// filter. It also matches ErrInvalid: it is bad input like any other.

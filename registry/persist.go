@@ -214,6 +214,10 @@ type tokenRecord struct {
 	ExpiresAt time.Time  `json:"expires_at"`
 	UsedAt    *time.Time `json:"used_at,omitempty"`
 	CreatedBy string     `json:"created_by"`
+	// KeySHA256 is the hex SHA-256 of the public key a used token was
+	// redeemed for (absent when it was redeemed for none, and on a token
+	// written before keys were kept).
+	KeySHA256 string `json:"key_sha256,omitempty"`
 }
 
 func encodeToken(t *token) ([]byte, error) {
@@ -224,6 +228,9 @@ func encodeToken(t *token) ([]byte, error) {
 	if !t.UsedAt.IsZero() {
 		used := t.UsedAt
 		r.UsedAt = &used
+	}
+	if t.HasKey {
+		r.KeySHA256 = hex.EncodeToString(t.KeySum[:])
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -265,6 +272,17 @@ func decodeToken(key, val []byte) (*token, error) {
 			return nil, errors.New("used_at is the zero time")
 		}
 		t.UsedAt = r.UsedAt.UTC()
+	}
+	if r.KeySHA256 != "" {
+		k, err := hex.DecodeString(r.KeySHA256)
+		if err != nil || len(k) != len(t.KeySum) {
+			return nil, errors.New("key_sha256 is not 64 hex digits")
+		}
+		if t.UsedAt.IsZero() {
+			return nil, errors.New("key_sha256 on a token that was never used")
+		}
+		copy(t.KeySum[:], k)
+		t.HasKey = true
 	}
 	return t, nil
 }

@@ -51,6 +51,11 @@ type token struct {
 	ExpiresAt time.Time
 	UsedAt    time.Time // zero while unused
 	CreatedBy string
+	// KeySum is the SHA-256 of the public key (DER SubjectPublicKeyInfo)
+	// the token was redeemed for, when HasKey: that key, and no other,
+	// may redeem the used token again while it lives.
+	KeySum [sha256.Size]byte
+	HasKey bool
 }
 
 // CreateToken registers device name as pending enrollment, with labels and
@@ -184,85 +189,130 @@ func newToken(txn *memdb.Txn) (*token, []byte, error) {
 // nothing else: the caller learns nothing about which. A refused token
 // writes nothing, so guessing costs no disk writes; a caller that wants
 // refusals in the audit log records them with RecordAudit.
+//
+// A token redeemed here is bound to no key, so it is never redeemed again;
+// see RedeemTokenForKey.
 func (s *Store) RedeemToken(tok string, now time.Time, opts ...WriteOption) (*Device, error) {
+	d, _, err := s.redeem(tok, nil, now, opts)
+	return d, err
+}
+
+// RedeemTokenForKey is RedeemToken for a device that enrolls the key whose
+// SPKI hash (SHA-256 of the DER SubjectPublicKeyInfo) is keySum, which is
+// stored with the used token in the same transaction. The same token with
+// the same key redeems again while the token lives and its device is
+// active: the device gets its SVID again when the answer to its first
+// redemption was lost. retry is true then; nothing is written (the caller
+// audits what it issues). Any other key on a used token, or a retry once
+// the token expired or its device is no longer active, is ErrTokenInvalid,
+// like every refused token.
+func (s *Store) RedeemTokenForKey(tok string, keySum [sha256.Size]byte, now time.Time, opts ...WriteOption) (dev *Device, retry bool, err error) {
+	return s.redeem(tok, &keySum, now, opts)
+}
+
+func (s *Store) redeem(tok string, key *[sha256.Size]byte, now time.Time, opts []WriteOption) (*Device, bool, error) {
 	id, sum, ok := parseToken(tok)
 	if !ok {
-		return nil, ErrTokenInvalid
+		return nil, false, ErrTokenInvalid
 	}
 	if now.IsZero() {
 		now = s.now()
 	}
 	o, err := options(opts)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	o.actor = ActorBootstrapToken
 	if s.closed.Load() {
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
-	// Check without the writer lock first, so that wrong tokens never queue
-	// behind writers nor hold them up; the check is repeated under the lock.
+	// Check without the writer lock first, so that wrong tokens (and
+	// retries, which write nothing) never queue behind writers nor hold
+	// them up; a redemption is checked again under the lock.
 	rtxn := s.db.Txn(false)
-	_, _, err = checkToken(rtxn, id, sum, now)
+	_, dev, retry, err := checkToken(rtxn, id, sum, key, now)
 	rtxn.Abort()
 	if err != nil {
-		return nil, err
+		return nil, false, err
+	}
+	if retry {
+		return dev.Clone(), true, nil
 	}
 
 	var out *Device
 	err = s.write(func(w *writeTxn) error {
-		t, dev, err := checkToken(w.mem, id, sum, now)
+		t, dev, again, err := checkToken(w.mem, id, sum, key, now)
 		if err != nil {
 			return err
+		}
+		if again {
+			// The same key won the race to redeem it: nothing to write.
+			out, retry = dev.Clone(), true
+			return nil
 		}
 		next := dev.Clone()
 		next.Status = StatusActive
 		next.UpdatedAt = w.now
 		used := *t
 		used.UsedAt = w.now
+		detail := fmt.Sprintf("token %s; enrolled as %s", t.ID, dev.SPIFFEID)
+		if key != nil {
+			used.KeySum, used.HasKey = *key, true
+			detail += fmt.Sprintf(", key sha256:%x", key[:8])
+		}
 		if err := w.putDevice(next, false); err != nil {
 			return err
 		}
 		if err := w.putToken(&used, false); err != nil {
 			return err
 		}
-		w.record(o, ActionTokenRedeem, dev.Name, fmt.Sprintf("token %s; enrolled as %s", t.ID, dev.SPIFFEID))
+		w.record(o, ActionTokenRedeem, dev.Name, detail)
 		out = next.Clone()
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return out, nil
+	return out, retry, nil
 }
 
-// checkToken returns the token with ID id and its device if the token may be
-// redeemed at now with a secret hashing to sum; else ErrTokenInvalid (or a
-// lookup error).
-func checkToken(txn *memdb.Txn, id string, sum [sha256.Size]byte, now time.Time) (*token, *Device, error) {
+// checkToken returns the token with ID id and its device if a secret that
+// hashes to sum may redeem it at now: for the first time (an unused token
+// of a pending device), or again (retry) with key, the key it was first
+// redeemed for, while its device is active. Anything else is
+// ErrTokenInvalid (or a lookup error).
+func checkToken(txn *memdb.Txn, id string, sum [sha256.Size]byte, key *[sha256.Size]byte, now time.Time) (t *token, dev *Device, retry bool, err error) {
 	raw, err := txn.First(tableTokens, indexID, id)
 	if err != nil {
-		return nil, nil, fmt.Errorf("registry: lookup token: %w", err)
+		return nil, nil, false, fmt.Errorf("registry: lookup token: %w", err)
 	}
 	if raw == nil {
-		return nil, nil, ErrTokenInvalid
+		return nil, nil, false, ErrTokenInvalid
 	}
-	t := raw.(*token)
+	t = raw.(*token)
 	// Constant time: the time taken says nothing about how much of the
 	// hash matched.
-	if subtle.ConstantTimeCompare(t.Hash[:], sum[:]) != 1 || !t.UsedAt.IsZero() || !now.Before(t.ExpiresAt) {
-		return nil, nil, ErrTokenInvalid
+	if subtle.ConstantTimeCompare(t.Hash[:], sum[:]) != 1 || !now.Before(t.ExpiresAt) {
+		return nil, nil, false, ErrTokenInvalid
 	}
-	dev, err := lookup(txn, indexID, t.Device)
+	dev, err = lookup(txn, indexID, t.Device)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	// The device must still be the one the token was made for: pending (not
-	// revoked or suspended meanwhile) and under the token's SPIFFE ID.
-	if dev == nil || dev.Status != StatusPending || dev.SPIFFEID != t.SPIFFEID {
-		return nil, nil, ErrTokenInvalid
+	// The device must still be the one the token was made for, under the
+	// token's SPIFFE ID: pending for a redemption (not revoked or
+	// suspended meanwhile), active for a retry.
+	if dev == nil || dev.SPIFFEID != t.SPIFFEID {
+		return nil, nil, false, ErrTokenInvalid
 	}
-	return t, dev, nil
+	switch {
+	case t.UsedAt.IsZero() && dev.Status == StatusPending:
+		return t, dev, false, nil
+	case !t.UsedAt.IsZero() && t.HasKey && key != nil && dev.Status == StatusActive &&
+		subtle.ConstantTimeCompare(t.KeySum[:], key[:]) == 1:
+		return t, dev, true, nil
+	}
+	return nil, nil, false, ErrTokenInvalid
 }
 
 // parseToken splits a token into its ID and the SHA-256 of its secret.

@@ -282,7 +282,11 @@ func TestBootstrap_TokenMisuse(t *testing.T) {
 	}
 	env.MustConnect(t, dev, "field-a", o).Close()
 
-	requireInvalidToken(t, "reused token", mustRedeem(t, env, tok.CAPin, tok.Token, csrPEM))
+	// A used token is worth nothing without the key it was redeemed with
+	// (a retry with that key, after a lost answer, is api's
+	// TestEnrollRetryWithTheSameKey).
+	_, otherCSR := newKeyAndCSR(t)
+	requireInvalidToken(t, "reused token with another key", mustRedeem(t, env, tok.CAPin, tok.Token, otherCSR))
 
 	// No token can be minted for a device that is enrolled already: a
 	// token never takes over an identity. A new name is the control.

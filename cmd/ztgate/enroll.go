@@ -58,7 +58,15 @@ for a new token of a pending device replaces its old one.`,
 			}
 			var tok tokenResponse
 			req := tokenRequest{Name: name, TTL: ttl.String(), Labels: lbl}
-			if err := client.do(cmd.Context(), http.MethodPost, "/v1/tokens", req, &tok); err != nil {
+			err = client.do(cmd.Context(), http.MethodPost, "/v1/tokens", req, &tok)
+			var ae *apiError
+			if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+				// A new token cannot re-enroll a device that has one:
+				// say what can.
+				return fmt.Errorf("%w; a device that lost its enrollment answer reruns `ztgate enroll` with the same token and --out "+
+					"while the token is valid; otherwise issue it an SVID with `ztgate device enroll %s`", err, name)
+			}
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -93,7 +101,13 @@ checked as well.
 
 Writes OUT/svid.pem (certificate chain), OUT/svid.key and OUT/bundle.pem (the
 CA bundle that verifies the gateway). The token is read from --token or the
-environment variable ZTGATE_TOKEN.`,
+environment variable ZTGATE_TOKEN.
+
+The key is written to OUT/enroll.key before the token is sent, and removed
+once the SVID is written. If the answer is lost (the connection drops, the
+machine restarts), run the same command again with the same --out: it sends
+the kept key, and the API, which bound the token to that key, answers with
+an SVID again while the token has not expired.`,
 		Example: `  ztgate enroll --api https://gw.example.com:8443 --token 4fj... --ca-pin sha256:9b1c... --out /etc/ztgate`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -119,28 +133,47 @@ environment variable ZTGATE_TOKEN.`,
 			if err != nil {
 				return fmt.Errorf("--ca-pin %q: %w", pin, err)
 			}
-			keyPEM, csrPEM, err := identity.NewKeyAndCSR()
-			if err != nil {
-				return err
-			}
 			client := &apiClient{base: u, http: newHTTPClient(tlsConf)}
 			defer client.http.CloseIdleConnections()
+			// The pin is checked before anything is written or sent: a
+			// wrong API gets neither the token nor a file in --out.
+			if err := client.do(cmd.Context(), http.MethodGet, "/healthz", nil, nil); err != nil {
+				if errors.Is(err, identity.ErrPinMismatch) {
+					return fmt.Errorf("enroll: the API at %s does not present a certificate of the CA pinned by --ca-pin; the token was not sent", u)
+				}
+				return fmt.Errorf("enroll: %w", err)
+			}
+			key, err := enrollmentKey(out, registry.TokenID(token))
+			if err != nil {
+				return fmt.Errorf("enroll: %w", err)
+			}
 			var svid svidResponse
-			err = client.do(cmd.Context(), http.MethodPost, "/v1/enroll", enrollRequest{Token: token, CSR: string(csrPEM)}, &svid)
+			err = client.do(cmd.Context(), http.MethodPost, "/v1/enroll", enrollRequest{Token: token, CSR: string(key.csrPEM)}, &svid)
 			var ae *apiError
 			switch {
 			case errors.Is(err, identity.ErrPinMismatch):
 				return fmt.Errorf("enroll: the API at %s does not present a certificate of the CA pinned by --ca-pin; the token was not sent", u)
+			case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized && key.reused:
+				return fmt.Errorf("enroll: the API refused the token with the key kept in %s from an earlier attempt: "+
+					"the token has expired, or the device is no longer active; an admin can issue it an SVID with `ztgate device enroll NAME`",
+					key.path)
 			case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
-				return fmt.Errorf("enroll: the API refused the token: it is wrong, already used or expired (ask for a new one with `ztgate device token`)")
+				return fmt.Errorf("enroll: the API refused the token: it is wrong, expired, or already used with another key " +
+					"(an attempt that lost its answer is retried with the same --out, which keeps its key, before the token expires; " +
+					"a new token works only for a device that is still pending, and an admin issues an enrolled one an SVID with `ztgate device enroll NAME`)")
+			case errors.As(err, &ae) && ae.Status == http.StatusConflict:
+				return fmt.Errorf("enroll: the device was suspended or revoked while its SVID was signed; ask an admin")
 			case errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests:
 				return fmt.Errorf("enroll: too many attempts from this address; wait a minute and try again")
 			case err != nil:
-				return fmt.Errorf("enroll: %w", err)
+				// The answer may have been lost after the token was
+				// redeemed: the key stays for a retry.
+				return fmt.Errorf("enroll: %w (if the token was redeemed, run the same command again: the key is kept in %s)", err, key.path)
 			}
-			if err := identity.WriteSVIDDir(out, []byte(svid.SVIDPEM), keyPEM, []byte(svid.BundlePEM)); err != nil {
+			if err := identity.WriteSVIDDir(out, []byte(svid.SVIDPEM), key.keyPEM, []byte(svid.BundlePEM)); err != nil {
 				return err
 			}
+			key.done()
 			fmt.Fprintf(c.stdout, "enrolled as %s\n", svid.SPIFFEID)
 			if !svid.ExpiresAt.IsZero() {
 				fmt.Fprintf(c.stdout, "expires:   %s\n", svid.ExpiresAt.UTC().Format(time.RFC3339))

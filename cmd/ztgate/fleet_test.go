@@ -146,7 +146,7 @@ func TestBootstrapEnrollment(t *testing.T) {
 
 	// A used token is refused, in one line that says why.
 	again := filepath.Join(work, "again")
-	failsWith(t, "the API refused the token: it is wrong, already used or expired",
+	failsWith(t, "the API refused the token: it is wrong, expired, or already used with another key",
 		"enroll", "--api", localhostURL(a), "--out", again, "--token", token, "--ca-pin", pin)
 	failsWith(t, "the API refused the token", "enroll", "--api", localhostURL(a), "--out", again, "--token", "not-a-token", "--ca-pin", pin)
 
