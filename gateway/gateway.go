@@ -57,6 +57,19 @@ type Config struct {
 	// disconnects the gateway makes; nil counts nothing. Decisions are
 	// counted by wrapping the Decider (metrics.Wrap), not here.
 	Metrics *metrics.Metrics
+	// MaxPacketSize bounds, in bytes, every MQTT packet a client sends;
+	// MQTT 5 clients are told it in the CONNACK. 0 means
+	// DefaultMaxPacketSize; it is never unlimited.
+	MaxPacketSize int
+	// MaxConnectPacketSize bounds the first packet of a connection, read
+	// before anything of the client is known at the MQTT level. 0 means
+	// DefaultMaxConnectPacketSize, or MaxPacketSize when that is smaller.
+	MaxConnectPacketSize int
+	// KeepRetainedOnRevoke keeps the retained messages of a device that is
+	// revoked or deleted. By default (false) they are cleared, so that
+	// nothing the device said is handed to new subscribers after it lost
+	// its identity. A suspension never clears them.
+	KeepRetainedOnRevoke bool
 }
 
 // Session describes one live MQTT connection.
@@ -105,8 +118,17 @@ type Gateway struct {
 	reeval reevaluator
 	watch  watchState
 
+	// retained knows who published the retained messages (retained.go);
+	// denials aggregates the log lines of repeated denials (denylog.go).
+	retained retainedIndex
+	denials  denyFlusher
+
 	// connectTimeout is the constant of that name; tests shorten it.
 	connectTimeout time.Duration
+	// maxConnect bounds the first packet of a connection (see
+	// preConnectConn); mochi enforces maxPacket itself.
+	maxConnect int
+	maxPacket  uint32
 
 	mu         sync.Mutex
 	started    bool
@@ -130,6 +152,10 @@ func New(cfg Config) (*Gateway, error) {
 	case cfg.Decider == nil:
 		return nil, errors.New("gateway: no policy decider")
 	}
+	maxPacket, maxConnect, err := packetLimits(cfg.MaxPacketSize, cfg.MaxConnectPacketSize)
+	if err != nil {
+		return nil, err
+	}
 	g := &Gateway{
 		tls:      cfg.TLS.Clone(),
 		addr:     cfg.Addr,
@@ -141,6 +167,8 @@ func New(cfg Config) (*Gateway, error) {
 		metrics:  cfg.Metrics,
 
 		connectTimeout: connectTimeout,
+		maxConnect:     maxConnect,
+		maxPacket:      uint32(maxPacket),
 	}
 	if g.log == nil {
 		g.log = slog.Default()
@@ -151,14 +179,22 @@ func New(cfg Config) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.inputs.New = func() any { return new(policy.Input) }
 	g.reeval.wake = make(chan struct{}, 1)
+	g.retained.keep = cfg.KeepRetainedOnRevoke
+	g.denials.interval.Store(int64(denyInterval))
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	// The policy contract knows MQTT 3.1.1 (4) and 5 only; mochi would also
 	// take 3.1 (MQIsdp) by default.
 	caps.MinimumProtocolVersion = 4
+	// mochi checks this on every fixed header, before it allocates the
+	// packet's buffer; unset, it allocates whatever a header declares.
+	caps.MaximumPacketSize = uint32(maxPacket)
+	// mochi logs whole packets (payloads, passwords) when it refuses one;
+	// its log keeps only what they are.
+	mochiLog := slog.New(newRedactHandler(g.log.Handler())).With("component", "mqtt")
 	g.server = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       g.log.With("component", "mqtt"),
+		Logger:       mochiLog,
 		// No inline client: it bypasses every ACL check.
 		InlineClient:           false,
 		SysTopicResendInterval: sysTopicInterval,
@@ -188,6 +224,7 @@ func (g *Gateway) Start() error {
 		return fmt.Errorf("gateway: listen: %w", err)
 	}
 	l := newListener(listenerID, tcp, g.tls, g.connectTimeout, g.metrics.ConnectionRefused)
+	l.maxConnect = g.maxConnect
 	l.disconnectClients = g.disconnectClients
 	if err := g.server.AddListener(l); err != nil {
 		_ = tcp.Close()
@@ -261,6 +298,7 @@ func (g *Gateway) Close() error {
 
 	g.cancel()
 	g.wills.stopAll()
+	g.stopDenials()
 	// No SVID expiry fires once the gateway closes: mochi ends every
 	// connection itself.
 	g.sessions.Range(func(_, v any) bool {
@@ -304,6 +342,9 @@ func (g *Gateway) watchRegistry() {
 		// so there is nothing left to watch.
 		closed := ch != nil && ch == prev
 		start := time.Now()
+		// Retained messages first: a device's sessions are cut after its
+		// retained messages are gone, so whoever sees the cut sees both.
+		g.recheckRetained()
 		checked, cut := g.recheckAll(closed)
 		took := time.Since(start)
 		g.watch.lastPass.Store(int64(took))
@@ -337,8 +378,9 @@ func (g *Gateway) recheckAll(all bool) (checked, cut int) {
 	var revoked map[string]struct{} // identities whose sessions this pass cut
 	g.sessions.Range(func(_, v any) bool {
 		s := v.(*session)
-		if s.revoked.Load() || s.replaced.Load() {
-			// A replaced session is the new connection's to check.
+		if s.revoked.Load() && !s.detached.Load() || s.replaced.Load() {
+			// A replaced session is the new connection's to check. A
+			// detached one may still have to end (see refresh).
 			return true
 		}
 		if !all && !s.recordChanged() {
@@ -348,7 +390,11 @@ func (g *Gateway) recheckAll(all bool) (checked, cut int) {
 		why, changed := g.refresh(s)
 		switch {
 		case why != "":
-			if g.kick(s, packets.ErrNotAuthorized, why) {
+			// Kicked first, so that the client hears why; out of the
+			// routing at once, connected or not (see cutSession).
+			kicked := g.kick(s, packets.ErrNotAuthorized, why)
+			g.cutSession(s, why)
+			if kicked {
 				cut++
 				if _, seen := revoked[s.spiffeID]; !seen {
 					if revoked == nil {

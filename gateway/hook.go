@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"crypto/tls"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -38,7 +37,10 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnSubscribe,
 		mqtt.OnSubscribed,
 		mqtt.OnPublish,
-		mqtt.OnWill:
+		mqtt.OnWill,
+		mqtt.OnPacketEncode,
+		mqtt.OnSelectSubscribers,
+		mqtt.OnRetainMessage:
 		return true
 	}
 	return false
@@ -80,11 +82,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		return errConnectRefused
 	}
 
-	tc, ok := cl.Net.Conn.(*tls.Conn)
+	cs, ok := connState(cl.Net.Conn)
 	if !ok {
 		return refuse("not a TLS connection")
 	}
-	cs := tc.ConnectionState()
 	// PeerID verifies the chain now, expiry included: a resumed TLS
 	// session, which skips the handshake's own verification, gets no
 	// further than a full handshake would.
@@ -191,8 +192,9 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// decided, needs no pruning) rather than dropped. Its state goes once
 	// the session has moved and its connection has ended.
 	if os := g.session(old); os != nil {
-		os.resumed.Store(!pk.Connect.Clean)
-		os.replaced.Store(true)
+		if !g.takeOver(os, !pk.Connect.Clean) {
+			return // a dropped session: mochi no longer has it
+		}
 		s.replacing.Store(old)
 	}
 	if pk.Connect.Clean {
@@ -247,10 +249,21 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 			h.g.metrics.Disconnected(reasonTakeover)
 		}
 	}
+	h.g.flushDenials(s, true)
+	// See dropSession for the order of online and drop. A SUBSCRIBE that
+	// raced the cut has been handled by now.
+	if s.drop.Load() {
+		h.g.endSession(s)
+	} else if s.detached.Load() {
+		h.g.detachSession(s)
+	}
 }
 
 // OnClientExpired forgets an expired persistent session.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	if s := h.g.session(cl); s != nil {
+		h.g.flushDenials(s, true)
+	}
 	h.g.sessions.Delete(cl)
 }
 
@@ -361,10 +374,11 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return g.decide(s, policy.ActionReceive, topic, "", 0, false, false, 0)
 }
 
-// OnPublish decides every PUBLISH on its resolved topic. A denial is
-// answered the way MQTT allows: QoS 0 is dropped; MQTT 5 QoS 1 and 2 get
-// PUBACK or PUBREC 0x87; MQTT 3.1.1 has no negative acknowledgement, so the
-// client is disconnected, as mochi does on its own ACL path.
+// OnPublish decides every PUBLISH on its resolved topic and its Response
+// Topic (see allowPublish). A denial is answered the way MQTT allows: QoS 0
+// is dropped; MQTT 5 QoS 1 and 2 get PUBACK or PUBREC 0x87; MQTT 3.1.1 has
+// no negative acknowledgement, so the client is disconnected, as mochi does
+// on its own ACL path.
 //
 // Only ErrRejectPacket is returned on a denial: it is the one error after
 // which mochi neither acknowledges nor publishes. Any other error would be
@@ -376,12 +390,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil // a delayed will, decided when its timer fired
 	}
 	s := g.session(cl)
-	if s != nil && !s.revoked.Load() && !s.replaced.Load() && !s.ended.Load() {
-		if !isTopicName(pk.TopicName) {
-			g.deny(s, policy.ActionPublish, "topic", pk.TopicName, "not a topic devices may use")
-		} else if g.decide(s, policy.ActionPublish, pk.TopicName, "", pk.FixedHeader.Qos, pk.FixedHeader.Retain, false, len(pk.Payload)) {
-			return pk, nil
-		}
+	if s != nil && !s.revoked.Load() && !s.replaced.Load() && !s.ended.Load() && g.allowPublish(s, pk) {
+		return pk, nil
 	}
 	switch {
 	case pk.FixedHeader.Qos == 0 || cl.Net.Inline:

@@ -19,6 +19,8 @@ import (
 //     refusal is logged as such;
 //   - bound the handshake plus CONNECT with a deadline (mochi sets none
 //     before CONNECT);
+//   - bound the size of the first packet, which must be a CONNECT, before
+//     mochi allocates it (see preConnectConn);
 //   - keep accepting through transient errors (mochi's stops at the first);
 //   - count its connections itself, before each one starts, so that Close
 //     waits for them without racing mochi's own WaitGroup (mochi adds to it
@@ -28,7 +30,10 @@ type listener struct {
 	tcp     net.Listener
 	tls     *tls.Config
 	timeout time.Duration
-	refused func() // counts a connection refused in the handshake
+	// maxConnect bounds the first packet; 0 leaves it to mochi's maximum
+	// packet size.
+	maxConnect int
+	refused    func() // counts a connection refused in the handshake or before CONNECT
 	// disconnectClients, if set, is used at Close instead of mochi's
 	// closer (see Gateway.disconnectClients).
 	disconnectClients func()
@@ -101,9 +106,31 @@ func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
 		_ = tc.Close()
 		return
 	}
-	if err := establish(l.id, tc); err != nil && !errors.Is(err, errConnectRefused) {
+	var mc net.Conn = tc
+	if l.maxConnect > 0 {
+		mc = newPreConnectConn(tc, l.maxConnect)
+	}
+	err := establish(l.id, mc)
+	switch {
+	case err == nil, errors.Is(err, errConnectRefused):
+	case errors.Is(err, errPreConnect):
+		// The handshake verified the SVID: name the identity that sent it.
+		l.log.Info("gateway: connection refused before CONNECT", "remote_addr", c.RemoteAddr().String(),
+			"spiffe_id", peerURI(tc), "err", err)
+		l.refused()
+	default:
 		l.log.Debug("gateway: connection ended", "remote_addr", c.RemoteAddr().String(), "err", err)
 	}
+}
+
+// peerURI is the URI SAN of the peer's verified leaf certificate (its
+// SPIFFE ID), for log lines written before OnConnect has checked it again.
+func peerURI(tc *tls.Conn) string {
+	cs := tc.ConnectionState()
+	if len(cs.PeerCertificates) == 0 || len(cs.PeerCertificates[0].URIs) != 1 {
+		return ""
+	}
+	return cs.PeerCertificates[0].URIs[0].String()
 }
 
 // track registers a new connection; false once the listener is closed.

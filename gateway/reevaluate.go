@@ -102,6 +102,7 @@ func (g *Gateway) reevaluateAll(reason string) {
 			if g.kick(s, packets.ErrNotAuthorized, reasonPolicy) {
 				cut++
 			}
+			g.cutSession(s, reasonPolicy)
 			return true
 		}
 		n, m := g.prune(s)

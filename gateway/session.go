@@ -83,6 +83,19 @@ type session struct {
 	ended atomic.Bool
 	// opened is true while the session is counted as connected.
 	opened atomic.Bool
+
+	// drop is set when the session is to end for good because its device
+	// was revoked or deleted; gone once it has. dropMu orders the changes
+	// of cutSession against a new connection taking the session over.
+	dropMu sync.Mutex
+	drop   atomic.Bool
+	gone   bool
+	// detached is set when the session is taken out of the topic index
+	// because its device was suspended (see detachSession).
+	detached atomic.Bool
+
+	// denials aggregates the log lines of the session's denials.
+	denials denyLog
 }
 
 // recordChanged reports whether the registry record s was last checked
@@ -201,6 +214,18 @@ func (g *Gateway) refresh(s *session) (why string, changed bool) {
 		s.record.Store(&ch)
 	}
 	prev := s.device.Load()
+	if s.detached.Load() {
+		// Cut for a suspension and detached: it stays so until the device
+		// reconnects (a resume changes nothing here), unless the device is
+		// revoked or deleted meanwhile, when it ends.
+		switch {
+		case err == nil && prev != nil && dev == nil:
+			return reasonDeleted, false
+		case err == nil && dev != nil && dev.Status == registry.StatusRevoked:
+			return reasonRevoked, false
+		}
+		return "", false
+	}
 	switch {
 	case err != nil:
 		g.log.Warn("gateway: registry lookup failed; cutting session", "spiffe_id", s.spiffeID, "err", err)
@@ -229,6 +254,119 @@ func (g *Gateway) refresh(s *session) (why string, changed bool) {
 		return reasonPolicy, true
 	}
 	return "", true
+}
+
+// cutSession takes the session of s, whose connection the registry watcher
+// has just cut, out of mochi's routing. mochi would keep a persistent
+// session in its topic index, share groups included, until it expires, and
+// route messages to it that the receive check then drops: a share group's
+// message lost although another member could have had it, also after a
+// resume until the device reconnects.
+//
+//   - A revoked or deleted device's session ends (dropSession): revocation
+//     is final, and a deleted device that is enrolled again is a new one.
+//   - A suspended (or otherwise inactive) device's session, or one the
+//     policy no longer admits, is detached (detachSession): nothing is
+//     routed to it, and what it holds stays for the device to resume,
+//     pruned to the policy of that moment, with its subscriptions back in
+//     the index. Dropping it would do too, but a device that resumes
+//     without subscribing again would then hear nothing.
+//
+// A registry that cannot answer only cuts the connection: every session is
+// cut so when the registry closes, and nothing has been decided about any
+// device.
+func (g *Gateway) cutSession(s *session, why string) {
+	switch why {
+	case reasonRevoked, reasonDeleted:
+		g.dropSession(s)
+	case reasonSuspended, reasonInactive, reasonPolicy:
+		g.detachSession(s)
+	}
+}
+
+// detachSession removes the subscriptions of s from mochi's topic index,
+// keeping them in the session's own state: mochi subscribes a resumed
+// session anew from that state. The index is keyed by client ID, which a
+// new connection taking the session over shares, so a session already
+// taken over is left alone (see takeOver).
+func (g *Gateway) detachSession(s *session) {
+	s.dropMu.Lock()
+	defer s.dropMu.Unlock()
+	if s.replaced.Load() || s.gone {
+		return
+	}
+	s.detached.Store(true)
+	for filter := range s.cl.State.Subscriptions.GetAll() {
+		if g.server.Topics.Unsubscribe(filter, s.cl.ID) {
+			atomic.AddInt64(&g.server.Info.Subscriptions, -1)
+		}
+	}
+}
+
+// dropSession ends the session of s for good: it leaves the topic index
+// and loses its queued messages now, and is forgotten (by mochi too) once
+// its connection has ended, so a device that comes back starts a new
+// session. A session a new connection has already taken over is left
+// alone: that connection holds it now and is checked on its own.
+func (g *Gateway) dropSession(s *session) {
+	s.dropMu.Lock()
+	if s.replaced.Load() || s.gone {
+		s.dropMu.Unlock()
+		return
+	}
+	s.drop.Store(true)
+	g.server.UnsubscribeClient(s.cl)
+	s.cl.ClearInflights()
+	s.dropMu.Unlock()
+	// OnDisconnect clears online before it reads drop: one of the two
+	// sees the other and ends the session.
+	if !s.online.Load() {
+		g.endSession(s)
+	}
+}
+
+// endSession forgets a dropped session, in mochi and here, once its
+// connection has ended. It runs under dropMu: a new connection of the same
+// client ID waits in takeOver until mochi no longer has the session, so it
+// starts a fresh one and is never itself removed by mistake.
+func (g *Gateway) endSession(s *session) {
+	s.dropMu.Lock()
+	defer s.dropMu.Unlock()
+	if s.gone {
+		return
+	}
+	s.gone = true
+	cl := s.cl
+	s.stopExpiry()
+	// Ended here while still connected (a new connection of the same ID
+	// came first), OnDisconnect will not find it to count it closed.
+	if s.opened.CompareAndSwap(true, false) {
+		g.metrics.SessionClosed()
+	}
+	// Anything a SUBSCRIBE racing the drop added.
+	g.server.UnsubscribeClient(cl)
+	cl.ClearInflights()
+	if cur, ok := g.server.Clients.Get(cl.ID); ok && cur == cl {
+		g.server.Clients.Delete(cl.ID)
+	}
+	g.sessions.Delete(cl)
+	g.flushDenials(s, true)
+}
+
+// takeOver marks s as taken over by a new connection of the same client
+// ID, which resumes it (or not). It returns false for a dropped session,
+// which is ended here instead, so that the new connection finds none.
+func (g *Gateway) takeOver(s *session, resume bool) bool {
+	s.dropMu.Lock()
+	if !s.drop.Load() {
+		s.resumed.Store(resume)
+		s.replaced.Store(true)
+		s.dropMu.Unlock()
+		return true
+	}
+	s.dropMu.Unlock()
+	g.endSession(s)
+	return false
 }
 
 // admitted reports whether the policy would accept the CONNECT of s now:
@@ -275,8 +413,14 @@ func (g *Gateway) decide(s *session, action policy.Action, topic, filter string,
 	return d.Allow
 }
 
-// logDenied writes the decision log line of a denial.
+// logDenied writes the decision log line of a denial: the first of its
+// kind in full, the repeats counted into a summary (see noteDenial).
 func (g *Gateway) logDenied(s *session, in *policy.Input, d policy.Decision) {
+	k := denyKey{action: in.Action, topic: in.Topic, filter: in.Filter, will: in.Will,
+		reasons: d.Reasons, revision: d.Revision, failed: d.Err != nil}
+	if !g.noteDenial(s, &k) {
+		return
+	}
 	attrs := make([]slog.Attr, 0, 10)
 	attrs = append(attrs,
 		slog.String("action", string(in.Action)),
@@ -303,8 +447,18 @@ func (g *Gateway) logDenied(s *session, in *policy.Input, d policy.Decision) {
 	g.log.LogAttrs(g.ctx, slog.LevelInfo, "gateway: denied", attrs...)
 }
 
-// deny logs a refusal the gateway makes on its own, before any policy.
+// deny logs a refusal the gateway makes on its own, before any policy,
+// aggregated like a policy's denial.
 func (g *Gateway) deny(s *session, action policy.Action, what, value, why string) {
+	k := denyKey{action: action, reason: why}
+	if what == "filter" {
+		k.filter = value
+	} else {
+		k.topic = value
+	}
+	if !g.noteDenial(s, &k) {
+		return
+	}
 	g.log.LogAttrs(g.ctx, slog.LevelInfo, "gateway: denied",
 		slog.String("action", string(action)),
 		slog.String("spiffe_id", s.spiffeID),

@@ -116,6 +116,10 @@ func (w *delayedWills) fire(key string, pw *pendingWill) {
 		TopicName:   will.TopicName,
 		Payload:     will.Payload,
 		Properties:  packets.Properties{User: will.User},
+		// mochi sets Origin to the will client's ID; the device's scoped
+		// client ID goes here, which mochi keeps with a retained copy, so
+		// that a retained will is known as the device's (publisherID).
+		Connect: packets.ConnectParams{ClientIdentifier: key},
 	}
 	if will.Qos > 0 {
 		pk.PacketID = 1 // required by mochi's validation; an inline publish is not acknowledged
