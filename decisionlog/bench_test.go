@@ -64,7 +64,19 @@ func BenchmarkWrapAllowRate001(b *testing.B) {
 
 func BenchmarkBareDeny(b *testing.B) { benchDecide(b, benchDeny, nil) }
 
+// BenchmarkWrapDeny: the same deny again and again, as a flood sends it:
+// after the first, each is counted in its kind's aggregate.
 func BenchmarkWrapDeny(b *testing.B) {
 	l := benchLogger(b, 0)
+	benchDecide(b, l.Wrap(benchDeny), l)
+}
+
+// BenchmarkWrapDenyNotAggregated: every deny written in full, as before
+// aggregation (and as with aggregate_interval 0).
+func BenchmarkWrapDenyNotAggregated(b *testing.B) {
+	l, err := decisionlog.New(decisionlog.Config{Writer: io.Discard, AggregateInterval: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
 	benchDecide(b, l.Wrap(benchDeny), l)
 }

@@ -4,15 +4,18 @@
 // its entry.
 //
 // A Logger wraps a policy.Decider. Denies (and failed evaluations) are always
-// logged; allows are sampled at a configured rate. Entries go to a file that
-// is rotated by size (lumberjack) or to standard output.
+// logged; allows are sampled at a configured rate. Repeated denies of one
+// session are aggregated (see Config.AggregateInterval): the first of each
+// kind in an interval is written in full, the others are counted in one
+// aggregate entry. Entries go to a file that is rotated by size
+// (lumberjack) or to standard output.
 //
 // Logging never waits for the disk on the decision path: an entry is handed
 // to a bounded buffer that one goroutine encodes and writes in batches. When
 // the buffer is full, a sampled allow is dropped and counted, but a deny is
 // written synchronously on the caller's goroutine, so a deny is never lost to
-// back-pressure; under a sustained flood of denies the enforcement points slow
-// down to the speed of the log instead.
+// back-pressure; under a sustained flood of denies of many kinds the
+// enforcement points slow down to the speed of the log instead.
 package decisionlog
 
 import (
@@ -73,6 +76,12 @@ type Config struct {
 	Writer io.Writer
 	// ErrorLog receives write failures; nil means slog.Default().
 	ErrorLog *slog.Logger
+	// AggregateInterval is how long the repeated denies of one kind (one
+	// session, action, revision and reasons) are aggregated: the first in
+	// an interval is written in full, the next ones are counted in one
+	// aggregate entry written when the interval ends. Zero means
+	// DefaultAggregateInterval; a negative value writes every deny in full.
+	AggregateInterval time.Duration
 }
 
 // Stats counts what happened to the entries of a Logger.
@@ -88,6 +97,9 @@ type Stats struct {
 	// Failed is the number of entries lost to a write or encoding error,
 	// or logged after Close.
 	Failed uint64
+	// Aggregated is the number of denies counted in aggregate entries
+	// instead of written in entries of their own.
+	Aggregated uint64
 }
 
 // Logger writes decision-log entries. Its methods are safe for concurrent use.
@@ -114,7 +126,13 @@ type Logger struct {
 	closer  io.Closer // the file, when the Logger opened it
 	failing bool      // the last write failed; guarded by wmu
 
-	written, dropped, sync, failed atomic.Uint64
+	// agg folds deny floods; nil when aggregation is off. tick ends its
+	// intervals until stop is closed, then closes ticked.
+	agg          *aggregator
+	aggInterval  time.Duration
+	stop, ticked chan struct{}
+
+	written, dropped, sync, failed, aggregated atomic.Uint64
 }
 
 // entry is what the decision path hands to the writer: copies of everything
@@ -127,6 +145,7 @@ type entry struct {
 	req    policy.Request
 	hasReq bool
 	d      policy.Decision
+	agg    *tally // set for an aggregate entry, which has nothing else but id and ts
 }
 
 // New returns a Logger for cfg. It opens (creating it if needed) the log file
@@ -194,6 +213,15 @@ func New(cfg Config) (*Logger, error) {
 	}
 	l.ch = make(chan entry, size)
 	go l.run()
+	if cfg.AggregateInterval >= 0 {
+		l.aggInterval = cfg.AggregateInterval
+		if l.aggInterval == 0 {
+			l.aggInterval = DefaultAggregateInterval
+		}
+		l.agg = newAggregator(l.aggInterval)
+		l.stop, l.ticked = make(chan struct{}), make(chan struct{})
+		go l.tick()
+	}
 	return l, nil
 }
 
@@ -202,9 +230,11 @@ var errNilDecider = errors.New("decisionlog: no decider")
 // Wrap returns a Decider that decides with d and logs the decision. The
 // returned Decision carries the entry's decision_id in its ID field whenever
 // an entry is written for it (always for a deny, for a sampled allow unless
-// the buffer was full), and an empty ID otherwise. The entry is encoded
-// after Decide returns: the caller may reuse the Input, but must not modify
-// the Decision's Reasons. A nil Logger returns d unchanged.
+// the buffer was full); for a deny counted in an aggregate, the decision_id
+// of the full entry of its kind (empty for an overflow); an empty ID
+// otherwise. The entry is encoded after Decide returns: the caller may
+// reuse the Input, but must not modify the Decision's Reasons. A nil Logger
+// returns d unchanged.
 func (l *Logger) Wrap(d policy.Decider) policy.Decider {
 	if l == nil {
 		return d
@@ -228,10 +258,7 @@ func (w *decider) Decide(ctx context.Context, in *policy.Input) policy.Decision 
 	if !deny && !w.l.sampled() {
 		return d
 	}
-	d.ID = newID()
-	if !w.l.log(in, d, deny) {
-		d.ID = ""
-	}
+	d.ID = w.l.log(in, d, deny)
 	return d
 }
 
@@ -239,10 +266,29 @@ func (l *Logger) sampled() bool {
 	return l.sampleAll || l.rnd() < l.threshold
 }
 
-// log hands the decision to the writer. It reports whether an entry was (or
-// will be) written.
-func (l *Logger) log(in *policy.Input, d policy.Decision, deny bool) bool {
-	e := entry{id: d.ID, ts: time.Now(), d: d, nilIn: in == nil}
+// log hands the decision to the writer, or folds a deny into its kind's
+// aggregate. It returns the decision_id of the entry written (or to be
+// written) for it, or of the full entry of its kind when it was folded; ""
+// when none.
+func (l *Logger) log(in *policy.Input, d policy.Decision, deny bool) string {
+	ts := time.Now()
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		l.failed.Add(1)
+		return ""
+	}
+	if deny && l.agg != nil && in != nil && in.Subject != nil {
+		id, full := l.agg.observe(in, &d, ts, newID)
+		if !full {
+			l.aggregated.Add(1)
+			return id
+		}
+		d.ID = id
+	} else {
+		d.ID = newID()
+	}
+	e := entry{id: d.ID, ts: ts, d: d, nilIn: in == nil}
 	if in != nil {
 		e.in = *in
 		if in.Request != nil {
@@ -254,28 +300,61 @@ func (l *Logger) log(in *policy.Input, d policy.Decision, deny bool) bool {
 			e.in.Time = e.ts
 		}
 	}
-
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if l.closed {
-		l.failed.Add(1)
-		return false
+	if !l.send(&e, deny) {
+		return ""
 	}
+	return d.ID
+}
+
+// send hands e to the writer. When the buffer is full, e is dropped (and
+// counted) unless it must be kept, in which case it is written on the
+// caller's goroutine. It reports whether e was (or will be) written. l.mu
+// is held shared.
+func (l *Logger) send(e *entry, keep bool) bool {
 	select {
-	case l.ch <- e:
+	case l.ch <- *e:
 		return true
 	default:
 	}
-	if !deny {
+	if !keep {
 		l.dropped.Add(1)
 		return false
 	}
 	l.sync.Add(1)
 	var buf bytes.Buffer
-	if !l.encode(&buf, &e) {
+	if !l.encode(&buf, e) {
 		return false
 	}
 	return l.write(buf.Bytes(), 1)
+}
+
+// tick ends an aggregation interval every aggInterval, until stop.
+func (l *Logger) tick() {
+	defer close(l.ticked)
+	t := time.NewTicker(l.aggInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			l.flushAggregates()
+		}
+	}
+}
+
+// flushAggregates writes the aggregate entries of the interval that ends.
+// They are evidence: like denies, they are never dropped. After Close, the
+// aggregates are Close's to write.
+func (l *Logger) flushAggregates() {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return
+	}
+	for _, e := range l.agg.flush() {
+		l.send(&e, true)
+	}
 }
 
 // run is the writer goroutine: it encodes entries in batches and writes each
@@ -324,6 +403,9 @@ type record struct {
 
 // encode appends e's line to buf; on failure buf is left as it was.
 func (l *Logger) encode(buf *bytes.Buffer, e *entry) bool {
+	if e.agg != nil {
+		return l.encodeAggregate(buf, e)
+	}
 	r := record{
 		DecisionID: e.id,
 		Path:       Path,
@@ -354,12 +436,53 @@ func (l *Logger) encode(buf *bytes.Buffer, e *entry) bool {
 		l.errLog.Error("decisionlog: cannot encode entry", "decision_id", e.id, "err", err)
 		return false
 	}
+	l.appendLine(buf, head, input, nil)
+	return true
+}
+
+// appendLine appends an entry's line: the encoded record, the labels, the
+// input and, for an aggregate entry, the aggregate.
+func (l *Logger) appendLine(buf *bytes.Buffer, head, input, agg []byte) {
 	buf.Write(head[:len(head)-1]) // without the closing brace
 	buf.WriteString(`,"labels":`)
 	buf.Write(l.labels)
 	buf.WriteString(`,"input":`)
 	buf.Write(input)
+	if agg != nil {
+		buf.WriteString(`,"aggregate":`)
+		buf.Write(agg)
+	}
 	buf.WriteString("}\n")
+}
+
+// encodeAggregate appends the line of an aggregate entry to buf.
+func (l *Logger) encodeAggregate(buf *bytes.Buffer, e *entry) bool {
+	t := e.agg
+	r := record{
+		DecisionID: e.id,
+		Path:       Path,
+		Result:     Result{Reasons: t.reasons},
+		Timestamp:  e.ts.UTC().Format(time.RFC3339Nano),
+		Revision:   t.rev,
+		Error:      t.err,
+	}
+	if r.Result.Reasons == nil {
+		r.Result.Reasons = []string{}
+	}
+	head, err := json.Marshal(r)
+	var input, agg []byte
+	if err == nil {
+		input, err = json.Marshal(t.input())
+	}
+	if err == nil {
+		agg, err = json.Marshal(t.agg)
+	}
+	if err != nil {
+		l.failed.Add(1)
+		l.errLog.Error("decisionlog: cannot encode aggregate entry", "decision_id", e.id, "err", err)
+		return false
+	}
+	l.appendLine(buf, head, input, agg)
 	return true
 }
 
@@ -390,12 +513,14 @@ func (l *Logger) Stats() Stats {
 		Dropped:     l.dropped.Load(),
 		Synchronous: l.sync.Load(),
 		Failed:      l.failed.Load(),
+		Aggregated:  l.aggregated.Load(),
 	}
 }
 
-// Close writes every buffered entry and closes the file the Logger opened.
-// Decisions made through a wrapped Decider after Close are still returned,
-// but not logged (they count as Failed). Close is idempotent.
+// Close writes every buffered entry, then the aggregates of the interval
+// under way, and closes the file the Logger opened. Decisions made through
+// a wrapped Decider after Close are still returned, but not logged (they
+// count as Failed). Close is idempotent.
 func (l *Logger) Close() error {
 	if l == nil {
 		return nil
@@ -409,7 +534,31 @@ func (l *Logger) Close() error {
 	close(l.ch)
 	l.mu.Unlock()
 
+	if l.agg != nil {
+		close(l.stop)
+		<-l.ticked
+	}
 	<-l.done
+	if l.agg != nil {
+		// No deny is folded any more (closed is set): the last
+		// interval's aggregates are complete, and come after the entries
+		// of the denies they count. Written in batches, as run does.
+		var buf bytes.Buffer
+		n := 0
+		for _, e := range l.agg.flush() {
+			if l.encode(&buf, &e) {
+				n++
+			}
+			if buf.Len() >= maxBatch {
+				l.write(buf.Bytes(), n)
+				buf.Reset()
+				n = 0
+			}
+		}
+		if n > 0 {
+			l.write(buf.Bytes(), n)
+		}
+	}
 	if l.closer != nil {
 		l.wmu.Lock()
 		defer l.wmu.Unlock()
@@ -452,6 +601,9 @@ type Entry struct {
 	Revision   string            `json:"revision"`
 	Error      string            `json:"error,omitempty"`
 	Labels     map[string]string `json:"labels"`
+	// Aggregate is set on an aggregate entry, which sums up denies folded
+	// during an interval (see Config.AggregateInterval).
+	Aggregate *Aggregate `json:"aggregate,omitempty"`
 }
 
 // Result is the decision of an entry: data.ztgate.authz's allow and reasons.

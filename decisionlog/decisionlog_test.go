@@ -132,7 +132,9 @@ func TestDeniesAlwaysLoggedAllowsSampled(t *testing.T) {
 	for _, rate := range []float64{0, 1} {
 		t.Run(fmt.Sprint("rate=", rate), func(t *testing.T) {
 			var out lockedBuffer
-			l := newLogger(t, decisionlog.Config{Writer: &out, SampleAllow: rate})
+			// Every deny in an entry of its own: aggregation off (see
+			// aggregate_test.go).
+			l := newLogger(t, decisionlog.Config{Writer: &out, SampleAllow: rate, AggregateInterval: -1})
 			d := l.Wrap(fixed)
 			ctx := context.Background()
 			const n = 200
@@ -519,7 +521,7 @@ func TestCloseFlushes(t *testing.T) {
 
 func TestConcurrent(t *testing.T) {
 	var out lockedBuffer
-	l := newLogger(t, decisionlog.Config{Writer: &out, SampleAllow: 1, BufferSize: 64})
+	l := newLogger(t, decisionlog.Config{Writer: &out, SampleAllow: 1, BufferSize: 64, AggregateInterval: -1})
 	d := l.Wrap(fixed)
 	const workers, per = 8, 300
 	var wg sync.WaitGroup
@@ -561,7 +563,7 @@ func TestConcurrent(t *testing.T) {
 func TestRotation(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "logs", "decisions.log")
-	l := newLogger(t, decisionlog.Config{Path: path, MaxSizeMB: 1, MaxBackups: 5, SampleAllow: 1, BufferSize: 256})
+	l := newLogger(t, decisionlog.Config{Path: path, MaxSizeMB: 1, MaxBackups: 5, SampleAllow: 1, BufferSize: 256, AggregateInterval: -1})
 	bulky := strings.Repeat("r", 1000)
 	d := l.Wrap(policy.DeciderFunc(func(context.Context, *policy.Input) policy.Decision {
 		return policy.Decision{Reasons: []string{bulky}, Revision: "rev-1"}

@@ -85,6 +85,7 @@ type Metrics struct {
 	decisionLog   *prometheus.Desc
 	cacheLookups  *prometheus.Desc
 	cacheEntries  *prometheus.Desc
+	cacheBytes    *prometheus.Desc
 
 	// Children resolved once, for the per-decision and per-connection path.
 	decisions [len(actions)][numResults]prometheus.Counter
@@ -150,13 +151,15 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Sessions the gateway ended, by reason.",
 		}, []string{"reason"}),
 		decisionLog: prometheus.NewDesc(prometheus.BuildFQName(namespace, "decision_log", "entries_total"),
-			"Decision-log entries by outcome: written; dropped (a sampled allow, buffer full); synchronous (a deny written by the deciding goroutine, buffer full); failed (lost to a write error).",
+			"Decision-log entries by outcome: written; dropped (a sampled allow, buffer full); synchronous (a deny written by the deciding goroutine, buffer full); failed (lost to a write error); aggregated (a repeated deny counted in an aggregate entry instead of an entry of its own).",
 			[]string{"outcome"}, nil),
 		cacheLookups: prometheus.NewDesc(prometheus.BuildFQName(namespace, "decision_cache", "lookups_total"),
 			"Decisions by what the decision cache did: hit (answered from the cache); miss (cacheable, decided by the engine and kept); bypass (passed to the engine: the policy revision is not cacheable, or the action is not cached).",
 			[]string{"result"}, nil),
 		cacheEntries: prometheus.NewDesc(prometheus.BuildFQName(namespace, "decision_cache", "entries"),
 			"Decisions kept in the decision cache.", nil, nil),
+		cacheBytes: prometheus.NewDesc(prometheus.BuildFQName(namespace, "decision_cache", "bytes"),
+			"Memory the decisions kept in the decision cache are accounted for (bounded by decision_cache_max_bytes).", nil, nil),
 		statuses: map[string]struct{}{},
 	}
 	if reg != nil {
@@ -195,6 +198,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.decisionLog
 	ch <- m.cacheLookups
 	ch <- m.cacheEntries
+	ch <- m.cacheBytes
 }
 
 // Collect implements prometheus.Collector.
@@ -207,7 +211,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		for _, o := range []struct {
 			outcome string
 			n       uint64
-		}{{"written", s.Written}, {"dropped", s.Dropped}, {"synchronous", s.Synchronous}, {"failed", s.Failed}} {
+		}{{"written", s.Written}, {"dropped", s.Dropped}, {"synchronous", s.Synchronous}, {"failed", s.Failed}, {"aggregated", s.Aggregated}} {
 			ch <- prometheus.MustNewConstMetric(m.decisionLog, prometheus.CounterValue, float64(o.n), o.outcome)
 		}
 	}
@@ -220,6 +224,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.cacheLookups, prometheus.CounterValue, float64(o.n), o.result)
 		}
 		ch <- prometheus.MustNewConstMetric(m.cacheEntries, prometheus.GaugeValue, float64(s.Entries))
+		ch <- prometheus.MustNewConstMetric(m.cacheBytes, prometheus.GaugeValue, float64(s.Bytes))
 	}
 }
 
@@ -384,7 +389,8 @@ func (m *Metrics) SetDecisionLogStats(stats func() decisionlog.Stats) {
 }
 
 // SetDecisionCacheStats exports a decision cache's counters as
-// ztgate_decision_cache_lookups_total{result} and ztgate_decision_cache_entries;
+// ztgate_decision_cache_lookups_total{result}, ztgate_decision_cache_entries
+// and ztgate_decision_cache_bytes;
 // pass (*policy.Cache).Stats. Wrap the cache, so that
 // ztgate_decisions_total counts every decision, cached or not.
 func (m *Metrics) SetDecisionCacheStats(stats func() policy.CacheStats) {

@@ -24,6 +24,7 @@ import (
 
 var wantNames = []string{
 	"ztgate_connections_total",
+	"ztgate_decision_cache_bytes",
 	"ztgate_decision_cache_entries",
 	"ztgate_decision_cache_lookups_total",
 	"ztgate_decision_duration_seconds",
@@ -293,16 +294,23 @@ func TestDecisionLogStats(t *testing.T) {
 	deny := policy.DeciderFunc(func(context.Context, *policy.Input) policy.Decision { return policy.Decision{} })
 	l.Wrap(deny).Decide(context.Background(), nil)
 	l.Wrap(deny).Decide(context.Background(), nil)
+	// Three denies of one session: one entry, two counted in an aggregate
+	// entry written at Close.
+	in := &policy.Input{Action: policy.ActionPublish, Topic: "t", Subject: &policy.Subject{Identity: policy.Identity{SPIFFEID: "spiffe://example.org/device/a"}}}
+	for range 3 {
+		l.Wrap(deny).Decide(context.Background(), in)
+	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
 	want := `
-# HELP ztgate_decision_log_entries_total Decision-log entries by outcome: written; dropped (a sampled allow, buffer full); synchronous (a deny written by the deciding goroutine, buffer full); failed (lost to a write error).
+# HELP ztgate_decision_log_entries_total Decision-log entries by outcome: written; dropped (a sampled allow, buffer full); synchronous (a deny written by the deciding goroutine, buffer full); failed (lost to a write error); aggregated (a repeated deny counted in an aggregate entry instead of an entry of its own).
 # TYPE ztgate_decision_log_entries_total counter
+ztgate_decision_log_entries_total{outcome="aggregated"} 2
 ztgate_decision_log_entries_total{outcome="dropped"} 0
 ztgate_decision_log_entries_total{outcome="failed"} 0
 ztgate_decision_log_entries_total{outcome="synchronous"} 0
-ztgate_decision_log_entries_total{outcome="written"} 2
+ztgate_decision_log_entries_total{outcome="written"} 4
 `
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "ztgate_decision_log_entries_total"); err != nil {
 		t.Fatal(err)
@@ -348,6 +356,14 @@ ztgate_decision_cache_lookups_total{result="miss"} 1
 `
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "ztgate_decision_cache_lookups_total", "ztgate_decision_cache_entries"); err != nil {
 		t.Fatal(err)
+	}
+	wantBytes := fmt.Sprintf(`
+# HELP ztgate_decision_cache_bytes Memory the decisions kept in the decision cache are accounted for (bounded by decision_cache_max_bytes).
+# TYPE ztgate_decision_cache_bytes gauge
+ztgate_decision_cache_bytes %d
+`, c.Stats().Bytes)
+	if err := testutil.CollectAndCompare(m, strings.NewReader(wantBytes), "ztgate_decision_cache_bytes"); err != nil || c.Stats().Bytes <= 0 {
+		t.Fatalf("%v (%+v)", err, c.Stats())
 	}
 	if got := testutil.ToFloat64(m.decisions[actionIndex(policy.ActionPublish)][resultAllow]); got != 3 {
 		t.Errorf("publish allows counted: %v, want 3 (hits included)", got)

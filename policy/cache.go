@@ -42,7 +42,25 @@ const (
 	// so that one subject receiving from many topics cannot take the
 	// whole cache.
 	DefaultCachePerSubject = 4096
+	// DefaultCacheMaxBytes bounds the memory of the decisions kept. The
+	// entry bound alone allows 4 GiB (MQTT topics reach 64 KiB); 64 MiB
+	// holds DefaultCacheEntries decisions on topics of up to some 900
+	// bytes, far more than the 30 to 100 bytes of usual topics, and keeps
+	// the worst case a small share of a gateway's memory.
+	DefaultCacheMaxBytes = 64 << 20
 )
+
+// The shares of CacheOptions.MaxBytes a subject, and a decision, may take.
+// A decision larger than maxBytes/entryShare (1 MiB by default; any MQTT
+// topic fits) is not kept at all: the engine decides it every time.
+const (
+	subjectShare = 16 // as DefaultCacheEntries / DefaultCachePerSubject
+	entryShare   = 64
+)
+
+// entryOverhead is what a decision costs beyond its strings: its key and
+// value, their map slot and the reasons' slice header, rounded up.
+const entryOverhead = 160
 
 // CacheOptions configure a Cache.
 type CacheOptions struct {
@@ -54,6 +72,12 @@ type CacheOptions struct {
 	// DefaultCachePerSubject (or MaxEntries, if lower). When it is
 	// reached, a random decision of the subject makes room.
 	MaxPerSubject int
+	// MaxBytes bounds the memory of the decisions kept for all subjects
+	// together, as accounted: each decision its topic or filter, its
+	// reasons and a fixed overhead. Zero means DefaultCacheMaxBytes. One
+	// subject keeps at most a sixteenth of it; a decision larger than a
+	// sixty-fourth is not kept.
+	MaxBytes int64
 }
 
 // CacheStats counts what a Cache did.
@@ -69,6 +93,8 @@ type CacheStats struct {
 	Bypassed uint64
 	// Entries is the number of decisions kept now.
 	Entries int64
+	// Bytes is the memory the decisions kept now are accounted for.
+	Bytes int64
 }
 
 // Cache is a Decider that answers from memory what the engine decided
@@ -90,9 +116,13 @@ type Cache struct {
 	next          Decider
 	maxEntries    int64
 	maxPerSubject int
+	maxBytes      int64
+	subjectBytes  int64 // what one subject may keep
+	entryBytes    int64 // the largest decision kept
 
 	entries atomic.Int64
-	_       [56]byte // the counters below change on every decision
+	bytes   atomic.Int64
+	_       [48]byte // the counters below change on every decision
 	hits    atomic.Uint64
 	misses  atomic.Uint64
 	bypass  atomic.Uint64
@@ -104,7 +134,7 @@ var _ Decider = (*Cache)(nil)
 // when nil, or a wrapper of e (it must decide with e, whose Revision the
 // cache checks in each Decision it keeps).
 func NewCache(e *Engine, next Decider, opts CacheOptions) *Cache {
-	c := &Cache{engine: e, next: next, maxEntries: int64(opts.MaxEntries), maxPerSubject: opts.MaxPerSubject}
+	c := &Cache{engine: e, next: next, maxEntries: int64(opts.MaxEntries), maxPerSubject: opts.MaxPerSubject, maxBytes: opts.MaxBytes}
 	if c.next == nil && e != nil {
 		c.next = e
 	}
@@ -114,6 +144,10 @@ func NewCache(e *Engine, next Decider, opts CacheOptions) *Cache {
 	if c.maxPerSubject <= 0 {
 		c.maxPerSubject = int(min(DefaultCachePerSubject, c.maxEntries))
 	}
+	if c.maxBytes <= 0 {
+		c.maxBytes = DefaultCacheMaxBytes
+	}
+	c.subjectBytes, c.entryBytes = c.maxBytes/subjectShare, c.maxBytes/entryShare
 	return c
 }
 
@@ -168,6 +202,7 @@ func (c *Cache) Stats() CacheStats {
 		Misses:   c.misses.Load(),
 		Bypassed: c.bypass.Load(),
 		Entries:  c.entries.Load(),
+		Bytes:    c.bytes.Load(),
 	}
 }
 
@@ -281,6 +316,17 @@ type memoValue struct {
 	reasons []string
 }
 
+// entrySize is what a decision is accounted for: its strings and
+// entryOverhead. A topic or filter can be 64 KiB, and reasons are whatever
+// the policy makes of the input.
+func entrySize(k memoKey, v memoValue) int64 {
+	n := int64(entryOverhead + len(k.topic) + len(k.filter))
+	for _, r := range v.reasons {
+		n += int64(16 + len(r))
+	}
+	return n
+}
+
 // subjectMemo holds one Subject's decisions under one revision's plan.
 type subjectMemo struct {
 	owner *Cache
@@ -288,7 +334,8 @@ type subjectMemo struct {
 	mu       sync.RWMutex
 	plan     *cachePlan
 	m        map[memoKey]memoValue
-	released bool // the Subject was collected (a late store keeps nothing)
+	bytes    int64 // accounted for m (entrySize)
+	released bool  // the Subject was collected (a late store keeps nothing)
 }
 
 func (m *subjectMemo) load(p *cachePlan, k memoKey) (memoValue, bool) {
@@ -302,10 +349,14 @@ func (m *subjectMemo) load(p *cachePlan, k memoKey) (memoValue, bool) {
 }
 
 func (m *subjectMemo) store(p *cachePlan, k memoKey, v memoValue) {
+	c := m.owner
+	size := entrySize(k, v)
+	if size > c.entryBytes {
+		return // too large to keep: the engine decides it every time
+	}
 	// The caller's strings may share memory with a whole packet (mochi's
 	// topics point into the packet buffer): keep copies of their own.
 	k.topic, k.filter = strings.Clone(k.topic), strings.Clone(k.filter)
-	c := m.owner
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if cur := c.engine.cur.Load(); cur == nil || cur.plan != p || m.released {
@@ -313,7 +364,8 @@ func (m *subjectMemo) store(p *cachePlan, k memoKey, v memoValue) {
 	}
 	if m.plan != p {
 		c.entries.Add(-int64(len(m.m)))
-		m.m, m.plan = nil, p
+		c.bytes.Add(-m.bytes)
+		m.m, m.plan, m.bytes = nil, p, 0
 	}
 	if _, dup := m.m[k]; dup {
 		return // decided concurrently: the same answer
@@ -321,26 +373,41 @@ func (m *subjectMemo) store(p *cachePlan, k memoKey, v memoValue) {
 	if m.m == nil {
 		m.m = make(map[memoKey]memoValue)
 	}
-	if len(m.m) >= c.maxPerSubject {
-		m.evictOne()
+	for (len(m.m) >= c.maxPerSubject || m.bytes+size > c.subjectBytes) && m.evictOne() {
 	}
-	if c.entries.Add(1) > c.maxEntries {
+	// The space is taken first and given back if it is not there, so
+	// that concurrent stores never keep more than the bounds together.
+	n, b := c.entries.Add(1), c.bytes.Add(size)
+	if n > c.maxEntries || b > c.maxBytes {
 		// The cache is full: make room among this subject's own
-		// decisions, or keep no more.
-		if !m.evictOne() {
+		// decisions if they can make enough, or keep no more.
+		if n-int64(len(m.m)) > c.maxEntries || b-m.bytes > c.maxBytes {
 			c.entries.Add(-1)
+			c.bytes.Add(-size)
+			return
+		}
+		for (n > c.maxEntries || b > c.maxBytes) && m.evictOne() {
+			n, b = c.entries.Load(), c.bytes.Load()
+		}
+		if n > c.maxEntries || b > c.maxBytes {
+			c.entries.Add(-1)
+			c.bytes.Add(-size)
 			return
 		}
 	}
 	m.m[k] = v
+	m.bytes += size
 }
 
 // evictOne drops a decision of the subject, picked at random (map order
 // is). m.mu is held.
 func (m *subjectMemo) evictOne() bool {
-	for k := range m.m {
+	for k, v := range m.m {
 		delete(m.m, k)
+		size := entrySize(k, v)
+		m.bytes -= size
 		m.owner.entries.Add(-1)
+		m.owner.bytes.Add(-size)
 		return true
 	}
 	return false
@@ -349,8 +416,9 @@ func (m *subjectMemo) evictOne() bool {
 // release drops all decisions; it runs when the Subject is collected.
 func (m *subjectMemo) release() {
 	m.mu.Lock()
-	n := len(m.m)
-	m.m, m.plan, m.released = nil, nil, true
+	n, b := len(m.m), m.bytes
+	m.m, m.plan, m.bytes, m.released = nil, nil, 0, true
 	m.mu.Unlock()
 	m.owner.entries.Add(-int64(n))
+	m.owner.bytes.Add(-b)
 }

@@ -53,6 +53,12 @@ type Options struct {
 	// overlap the policy's own package. Rego tests do not see it: they run
 	// as `ztgate policy test` runs them.
 	Data map[string]any
+
+	// AllowBuiltins names the restricted builtins (RestrictedBuiltins:
+	// network, environment, clock, randomness) the policy and its tests
+	// may call. Empty: none. A name that is not a restricted builtin is an
+	// error.
+	AllowBuiltins []string
 }
 
 // Engine evaluates the policy of package ztgate.authz. It implements Decider.
@@ -62,7 +68,8 @@ type Options struct {
 type Engine struct {
 	timeout time.Duration
 	log     *slog.Logger
-	data    ast.Object // Options.Data as an OPA value; never modified
+	data    ast.Object  // Options.Data as an OPA value; never modified
+	builtin *builtinSet // what the policy and its tests may call
 
 	cur    atomic.Pointer[revision]
 	status atomic.Pointer[Status] // a stored Status is never modified
@@ -103,6 +110,13 @@ func NewEngine(fsys fs.FS, opts Options) (*Engine, error) {
 	}
 	if e.log == nil {
 		e.log = slog.Default()
+	}
+	e.builtin = defaultBuiltins()
+	if len(opts.AllowBuiltins) > 0 {
+		var err error
+		if e.builtin, err = newBuiltinSet(opts.AllowBuiltins); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Data != nil {
 		v, err := ast.InterfaceToValue(opts.Data)
@@ -169,6 +183,9 @@ func (e *Engine) compile(ctx context.Context, srcs []source) (*revision, error) 
 	common := []func(*rego.Rego){
 		rego.SetRegoVersion(ast.RegoV1),
 		rego.Store(store),
+		// Without the restricted builtins, a policy cannot reach the
+		// network or depend on the clock: it does not compile.
+		rego.Capabilities(e.builtin.caps),
 		// A builtin error halts evaluation (and so denies) instead of
 		// making an expression undefined, which `not` could turn into an allow.
 		rego.StrictBuiltinErrors(true),
@@ -187,6 +204,9 @@ func (e *Engine) compile(ctx context.Context, srcs []source) (*revision, error) 
 	}
 	allow, err := rego.New(opts...).PrepareForEval(ctx)
 	if err != nil {
+		if na := e.builtin.notAllowed(mods); na != nil {
+			return nil, na
+		}
 		return nil, fmt.Errorf("policy: compile: %w", err)
 	}
 	// The second query reuses the compiled modules rather than compiling

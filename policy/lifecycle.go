@@ -222,7 +222,7 @@ func (e *Engine) check(cur *revision, srcs []source) (*revision, error) {
 			return nil, rejected(err)
 		}
 	}
-	if err := gate(srcs, sum); err != nil {
+	if err := gate(srcs, sum, e.builtin); err != nil {
 		return nil, rejected(err)
 	}
 	return next, nil
@@ -279,9 +279,17 @@ func (e *Engine) reject(err error) error {
 	return err
 }
 
-// gate runs the tests among srcs. It passes when there are none.
-func gate(srcs []source, sum string) error {
-	if !slices.ContainsFunc(srcs, func(s source) bool { return isTestFile(s.name) }) || passedBefore(sum) {
+// gate runs the tests among srcs with the builtins of b. It passes when
+// there are none.
+func gate(srcs []source, sum string, b *builtinSet) error {
+	if !slices.ContainsFunc(srcs, func(s source) bool { return isTestFile(s.name) }) {
+		return nil
+	}
+	// A pass holds for the builtins it ran with: tests that passed with
+	// http.send allowed must still be refused by an engine that does not
+	// allow it.
+	sum += "\x00" + b.key
+	if passedBefore(sum) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
@@ -290,7 +298,7 @@ func gate(srcs []source, sum string) error {
 	// the tests get half the CPUs, so decisions keep the rest.
 	parallel := max(1, runtime.NumCPU()/2)
 	// Without tracing first: a passing run is several times faster so.
-	results, err := runTests(ctx, srcs, false, parallel)
+	results, err := runTests(ctx, srcs, b, false, parallel)
 	if err != nil {
 		return err
 	}
@@ -302,7 +310,7 @@ func gate(srcs []source, sum string) error {
 	// Run again with tracing for a report that shows each failing
 	// expression, as `ztgate policy test` does.
 	var rep bytes.Buffer
-	if traced, err := runTests(ctx, srcs, true, parallel); err == nil {
+	if traced, err := runTests(ctx, srcs, b, true, parallel); err == nil {
 		_ = report(&rep, traced, false)
 	} else {
 		_ = report(&rep, results, false)

@@ -25,8 +25,30 @@ const TestTimeout = 5 * time.Second
 // trace when verbose), then the PASS/FAIL/ERROR summary. Results are
 // reported in file and line order. A test that errors counts as failed;
 // builtin errors are errors, as in the engine. err is set when the modules
-// do not parse or compile, or when there is no test at all.
+// do not parse or compile, or when there is no test at all. As in the
+// engine, the restricted builtins (RestrictedBuiltins) do not compile.
 func RunTests(ctx context.Context, fsys fs.FS, w io.Writer, verbose bool) (passed, failed int, err error) {
+	return RunTestsWith(ctx, fsys, w, TestOptions{Verbose: verbose})
+}
+
+// TestOptions configure RunTestsWith.
+type TestOptions struct {
+	// Verbose reports every test, not only failures, and the full trace
+	// of each failure.
+	Verbose bool
+	// AllowBuiltins names the restricted builtins the modules may call,
+	// as Options.AllowBuiltins does for an engine.
+	AllowBuiltins []string
+}
+
+// RunTestsWith is RunTests with opts.
+func RunTestsWith(ctx context.Context, fsys fs.FS, w io.Writer, opts TestOptions) (passed, failed int, err error) {
+	b := defaultBuiltins()
+	if len(opts.AllowBuiltins) > 0 {
+		if b, err = newBuiltinSet(opts.AllowBuiltins); err != nil {
+			return 0, 0, err
+		}
+	}
 	srcs, err := readSources(fsys, true)
 	if err != nil {
 		return 0, 0, err
@@ -34,12 +56,12 @@ func RunTests(ctx context.Context, fsys fs.FS, w io.Writer, verbose bool) (passe
 	if len(srcs) == 0 {
 		return 0, 0, errors.New("policy: no .rego files to test")
 	}
-	results, err := runTests(ctx, srcs, true, runtime.NumCPU())
+	results, err := runTests(ctx, srcs, b, true, runtime.NumCPU())
 	if err != nil {
 		return 0, 0, err
 	}
 	passed, failed = countResults(results)
-	if err := report(w, results, verbose); err != nil {
+	if err := report(w, results, opts.Verbose); err != nil {
 		return passed, failed, err
 	}
 	if len(results) == 0 {
@@ -51,16 +73,22 @@ func RunTests(ctx context.Context, fsys fs.FS, w io.Writer, verbose bool) (passe
 var errNoTests = errors.New("policy: no tests found (rules named test_*)")
 
 // runTests parses srcs and runs their tests, at most parallel at a time,
-// with the MQTT builtins and builtin errors raised as in the engine. Tracing
+// with the builtins of b and builtin errors raised as in the engine. Tracing
 // records the failing expression of each failure for the report; it makes a
 // run several times slower. The results are in file and line order.
-func runTests(ctx context.Context, srcs []source, tracing bool, parallel int) ([]*tester.Result, error) {
+func runTests(ctx context.Context, srcs []source, b *builtinSet, tracing bool, parallel int) ([]*tester.Result, error) {
 	mods, err := parseSources(srcs)
 	if err != nil {
 		return nil, err
 	}
+	// The runner's own compiler would have every OPA builtin: tests run at
+	// each load and upload, so they get no more than the policy.
+	compiler := ast.NewCompiler().
+		WithCapabilities(b.caps).
+		WithDefaultRegoVersion(ast.RegoV1).
+		WithEnablePrintStatements(true)
 	runner := tester.NewRunner().
-		SetDefaultRegoVersion(ast.RegoV1).
+		SetCompiler(compiler).
 		SetModules(mods).
 		AddCustomBuiltins(testerBuiltins()).
 		RaiseBuiltinErrors(true).
@@ -70,6 +98,9 @@ func runTests(ctx context.Context, srcs []source, tracing bool, parallel int) ([
 		SetTimeout(TestTimeout)
 	ch, err := runner.RunTests(ctx, nil)
 	if err != nil {
+		if na := b.notAllowed(mods); na != nil {
+			return nil, na
+		}
 		return nil, fmt.Errorf("policy: compile tests: %w", err)
 	}
 

@@ -176,14 +176,26 @@ Otherwise the revision in force stays, and the error is printed.`,
 
 var moduleNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+\.rego$`)
 
+// allowBuiltinFlag registers --allow-builtin, the command-line form of
+// policy_allow_builtins, so that a policy is tested with what the gateway
+// lets it call.
+func allowBuiltinFlag(cmd *cobra.Command, names *[]string) {
+	cmd.Flags().StringSliceVar(names, "allow-builtin", nil,
+		"restricted OPA builtin the policy may call, as policy_allow_builtins allows it in the gateway (repeatable; one of "+
+			strings.Join(policy.RestrictedBuiltins(), ", ")+")")
+}
+
 func (c *cli) newPolicyTestCmd() *cobra.Command {
 	var verbose bool
+	var allow []string
 	cmd := &cobra.Command{
 		Use:   "test DIR",
 		Short: "Run the Rego tests (*_test.rego) in DIR with ztgate's builtins",
 		Long: `Run the Rego tests (*_test.rego) in DIR with ztgate's builtins
 (mqtt.topic_matches, mqtt.filter_within). Fails when a test fails, or when no
-test ran at all.`,
+test ran at all. As in the gateway, a policy or test calling a restricted
+builtin (http.send, net.lookup_ip_addr, time.now_ns, ...) does not compile
+unless --allow-builtin names it.`,
 		Example: "  ztgate policy test examples/policies",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -191,7 +203,7 @@ test ran at all.`,
 			if err != nil {
 				return err
 			}
-			passed, failed, err := policy.RunTests(cmd.Context(), fsys, c.stdout, verbose)
+			passed, failed, err := policy.RunTestsWith(cmd.Context(), fsys, c.stdout, policy.TestOptions{Verbose: verbose, AllowBuiltins: allow})
 			if err != nil {
 				return err
 			}
@@ -205,11 +217,13 @@ test ran at all.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every test, not only failures")
+	allowBuiltinFlag(cmd, &allow)
 	return cmd
 }
 
 func (c *cli) newPolicyEvalCmd() *cobra.Command {
 	var input, dir, td string
+	var allow []string
 	cmd := &cobra.Command{
 		Use:   "eval --input FILE",
 		Short: "Decide one policy input document and print the decision as JSON",
@@ -233,8 +247,9 @@ A deny is a decision, not an error: the exit code is 0 either way.`,
 				}
 			}
 			eng, err := policy.NewEngine(fsys, policy.Options{
-				Logger: slog.New(slog.DiscardHandler),
-				Data:   app.PolicyData(td),
+				Logger:        slog.New(slog.DiscardHandler),
+				Data:          app.PolicyData(td),
+				AllowBuiltins: allow,
 			})
 			if err != nil {
 				return err
@@ -255,6 +270,7 @@ A deny is a decision, not an error: the exit code is 0 either way.`,
 	cmd.Flags().StringVar(&input, "input", "", `input document file ("-" for stdin)`)
 	cmd.Flags().StringVar(&dir, "policy-dir", "", "directory of Rego policy files (default: the embedded default policy)")
 	cmd.Flags().StringVar(&td, "trust-domain", app.DefaultTrustDomain, "trust domain the gateway serves, as the policy sees it in data.ztgate.config.trust_domain")
+	allowBuiltinFlag(cmd, &allow)
 	_ = cmd.MarkFlagRequired("input")
 	return cmd
 }

@@ -83,6 +83,9 @@ func (c *cli) newServeCmd() *cobra.Command {
     sample_allow: 0         # fraction of allows logged; denies always are
     max_size_mb: 100        # rotate the file at this size
     max_backups: 5          # rotated files kept; 0 keeps all
+  limits:
+    max_packet_size: 1048576        # bytes; a larger packet ends the connection
+    max_connect_packet_size: 65536  # bytes; bound on the first packet, the CONNECT
 
 An unknown key is an error. Serves until interrupted (SIGINT or SIGTERM).`,
 		Args: cobra.NoArgs,

@@ -125,11 +125,12 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	a.m = metrics.New(a.prom)
 	if cfg.DecisionLog.On() {
 		a.dlog, err = decisionlog.New(decisionlog.Config{
-			Path:        cfg.DecisionLog.Path,
-			MaxSizeMB:   cfg.DecisionLog.MaxSizeMB,
-			MaxBackups:  cfg.DecisionLog.MaxBackups,
-			SampleAllow: cfg.DecisionLog.SampleAllow,
-			ErrorLog:    a.log.With("component", "decisionlog"),
+			Path:              cfg.DecisionLog.Path,
+			MaxSizeMB:         cfg.DecisionLog.MaxSizeMB,
+			MaxBackups:        cfg.DecisionLog.MaxBackups,
+			SampleAllow:       cfg.DecisionLog.SampleAllow,
+			ErrorLog:          a.log.With("component", "decisionlog"),
+			AggregateInterval: cfg.DecisionLog.aggregateInterval(),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("app: %w", err)
@@ -156,7 +157,7 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	// cached or not; the decision log, outermost, logs every decision the
 	// gateway and the API make and gives every deny the decision_id the
 	// enforcement point logs.
-	a.cache = policy.NewCache(a.engine, nil, policy.CacheOptions{})
+	a.cache = policy.NewCache(a.engine, nil, policy.CacheOptions{MaxBytes: cfg.DecisionCacheMaxBytes})
 	a.m.SetDecisionCacheStats(a.cache.Stats)
 	a.decider = a.dlog.Wrap(a.m.Wrap(a.cache))
 
@@ -179,6 +180,10 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		Decider:  a.decider,
 		Logger:   a.log,
 		Metrics:  a.m,
+
+		KeepRetainedOnRevoke: !cfg.ClearRetainedOnRevoke,
+		MaxPacketSize:        cfg.Limits.MaxPacketSize,
+		MaxConnectPacketSize: cfg.Limits.MaxConnectPacketSize,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -204,6 +209,9 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		SVIDTTL:  cfg.SVIDTTL,
 		Logger:   a.log,
 		Metrics:  a.prom,
+
+		ListRetained:   a.retained,
+		DeleteRetained: func(topic string) (bool, error) { return a.gw.DeleteRetained(topic), nil },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -253,9 +261,10 @@ func (a *App) newEngine() (*policy.Engine, error) {
 		return nil, fmt.Errorf("app: %w", err)
 	}
 	eng, err := policy.NewEngine(fsys, policy.Options{
-		Timeout: a.cfg.PolicyTimeout,
-		Logger:  a.log,
-		Data:    PolicyData(a.cfg.TrustDomain),
+		Timeout:       a.cfg.PolicyTimeout,
+		Logger:        a.log,
+		Data:          PolicyData(a.cfg.TrustDomain),
+		AllowBuiltins: a.cfg.PolicyAllowBuiltins,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -462,6 +471,21 @@ func (a *App) sessions() []api.Session {
 		})
 	}
 	return out
+}
+
+func (a *App) retained(filter string, limit int) ([]api.RetainedMessage, error) {
+	ms := a.gw.RetainedMessages(filter, limit)
+	out := make([]api.RetainedMessage, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, api.RetainedMessage{
+			Topic:       m.Topic,
+			QoS:         m.QoS,
+			PayloadSize: m.PayloadSize,
+			SpiffeID:    m.SPIFFEID,
+			Created:     m.Created,
+		})
+	}
+	return out, nil
 }
 
 // MQTTAddr is the address the MQTT listener is bound to.

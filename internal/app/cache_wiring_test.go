@@ -18,6 +18,9 @@ func TestDecisionCacheInsideLogAndMetrics(t *testing.T) {
 	cfg := testConfig(t)
 	logPath := filepath.Join(t.TempDir(), "decisions.log")
 	cfg.DecisionLog.Path = logPath
+	// Every deny in an entry of its own: repeated denies are not
+	// aggregated here (decisionflood_test.go covers the aggregation).
+	cfg.DecisionLog.AggregateInterval = 0
 	a := start(t, cfg)
 	if !a.Engine().InputRefs().Cacheable() {
 		t.Fatalf("the default policy is not cacheable: %+v", a.Engine().InputRefs())

@@ -17,6 +17,10 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
+
+	"github.com/ztgate/ztgate/decisionlog"
+	"github.com/ztgate/ztgate/gateway"
+	"github.com/ztgate/ztgate/policy"
 )
 
 // Defaults of Config. The addresses are loopback so that a gateway started
@@ -68,15 +72,29 @@ type Config struct {
 	ServerNames []string `yaml:"server_names"`
 	// SVIDTTL is the lifetime of device SVIDs signed through the API.
 	SVIDTTL time.Duration `yaml:"svid_ttl"`
+	// ClearRetainedOnRevoke clears the retained messages a device
+	// published when it is revoked or deleted (not when it is suspended),
+	// so that new subscribers are no longer handed them.
+	ClearRetainedOnRevoke bool `yaml:"clear_retained_on_revoke"`
 	// PolicyTimeout bounds one policy evaluation; zero means the engine's
 	// default.
 	PolicyTimeout time.Duration `yaml:"policy_timeout"`
+	// PolicyAllowBuiltins names the restricted OPA builtins (those that
+	// reach the network or the environment, read the clock or are random:
+	// policy.RestrictedBuiltins) that policies and their tests may call.
+	// Empty: none. Any other name is an error.
+	PolicyAllowBuiltins []string `yaml:"policy_allow_builtins"`
+	// DecisionCacheMaxBytes bounds the memory of the decision cache (see
+	// policy.CacheOptions.MaxBytes).
+	DecisionCacheMaxBytes int64 `yaml:"decision_cache_max_bytes"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 	// LogFormat is text or json.
 	LogFormat string `yaml:"log_format"`
 	// DecisionLog is where policy decisions are recorded.
 	DecisionLog DecisionLogConfig `yaml:"decision_log"`
+	// Limits bounds what one client can make the gateway hold.
+	Limits LimitsConfig `yaml:"limits"`
 
 	// Logger, when set, is used instead of one built from LogLevel and
 	// LogFormat. It cannot be set from a file.
@@ -100,6 +118,11 @@ type DecisionLogConfig struct {
 	MaxSizeMB int `yaml:"max_size_mb"`
 	// MaxBackups is how many rotated files are kept; 0 keeps them all.
 	MaxBackups int `yaml:"max_backups"`
+	// AggregateInterval aggregates deny floods: the first deny of a kind
+	// (session, action, reasons) in an interval is logged in full, the
+	// next ones are counted in one aggregate entry at its end. 0 logs
+	// every deny in full.
+	AggregateInterval time.Duration `yaml:"aggregate_interval"`
 }
 
 // On reports whether the decision log is to be written.
@@ -108,6 +131,47 @@ func (d DecisionLogConfig) On() bool {
 		return *d.Enabled
 	}
 	return d.Path != ""
+}
+
+// LimitsConfig bounds what one client can make the gateway hold. Sizes are
+// in bytes, whole packets (fixed header included, as MQTT 5's Maximum Packet
+// Size counts them).
+type LimitsConfig struct {
+	// MaxPacketSize bounds every MQTT packet a client sends; a larger one
+	// ends the connection before it is read. MQTT 5 clients are told it
+	// in the CONNACK. Default gateway.DefaultMaxPacketSize (1 MiB).
+	MaxPacketSize int `yaml:"max_packet_size"`
+	// MaxConnectPacketSize bounds the first packet of a connection, which
+	// must be a CONNECT and is read before the registry or the policy is
+	// asked; at most MaxPacketSize. Default
+	// gateway.DefaultMaxConnectPacketSize (64 KiB).
+	MaxConnectPacketSize int `yaml:"max_connect_packet_size"`
+}
+
+// minPacketLimit is the smallest value of a packet size limit. Anything
+// below refuses ordinary CONNECTs, so it is taken for a mistake of unit
+// (max_packet_size: 1, meaning a MiB) rather than meant.
+const minPacketLimit = 1 << 10
+
+func (l LimitsConfig) validate() error {
+	if l.MaxPacketSize < minPacketLimit || l.MaxPacketSize > gateway.MaxPacketSizeLimit {
+		return fmt.Errorf("limits.max_packet_size must be between %d and %d bytes, got %d",
+			minPacketLimit, gateway.MaxPacketSizeLimit, l.MaxPacketSize)
+	}
+	if l.MaxConnectPacketSize < minPacketLimit || l.MaxConnectPacketSize > l.MaxPacketSize {
+		return fmt.Errorf("limits.max_connect_packet_size must be between %d and limits.max_packet_size (%d) bytes, got %d",
+			minPacketLimit, l.MaxPacketSize, l.MaxConnectPacketSize)
+	}
+	return nil
+}
+
+// aggregateInterval is AggregateInterval as decisionlog.Config takes it:
+// there zero is the default and a negative interval turns aggregation off.
+func (d DecisionLogConfig) aggregateInterval() time.Duration {
+	if d.AggregateInterval == 0 {
+		return -1
+	}
+	return d.AggregateInterval
 }
 
 // DefaultConfig returns the defaults of every key: the configuration of
@@ -124,9 +188,19 @@ func DefaultConfig() Config {
 		LogLevel:    DefaultLogLevel,
 		LogFormat:   DefaultLogFormat,
 		DecisionLog: DecisionLogConfig{
-			MaxSizeMB:  DefaultDecisionLogMaxSizeMB,
-			MaxBackups: DefaultDecisionLogMaxBackups,
+			MaxSizeMB:         DefaultDecisionLogMaxSizeMB,
+			MaxBackups:        DefaultDecisionLogMaxBackups,
+			AggregateInterval: decisionlog.DefaultAggregateInterval,
 		},
+		Limits: LimitsConfig{
+			MaxPacketSize:        gateway.DefaultMaxPacketSize,
+			MaxConnectPacketSize: gateway.DefaultMaxConnectPacketSize,
+		},
+		// Empty, not nil: what `policy_allow_builtins: []` reads as.
+		PolicyAllowBuiltins:   []string{},
+		DecisionCacheMaxBytes: policy.DefaultCacheMaxBytes,
+		// A revoked identity's words should not outlive it.
+		ClearRetainedOnRevoke: true,
 	}
 }
 
@@ -263,6 +337,12 @@ func (c Config) validate() error {
 	if c.PolicyTimeout < 0 {
 		return fmt.Errorf("policy_timeout must not be negative, got %s", c.PolicyTimeout)
 	}
+	if err := policy.CheckAllowBuiltins(c.PolicyAllowBuiltins); err != nil {
+		return fmt.Errorf("policy_allow_builtins: %w", err)
+	}
+	if c.DecisionCacheMaxBytes < minCacheBytes {
+		return fmt.Errorf("decision_cache_max_bytes must be at least %d, got %d", minCacheBytes, c.DecisionCacheMaxBytes)
+	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level: %w", err)
 	}
@@ -281,8 +361,18 @@ func (c Config) validate() error {
 	if dl.MaxBackups < 0 {
 		return fmt.Errorf("decision_log.max_backups must not be negative, got %d", dl.MaxBackups)
 	}
+	if dl.AggregateInterval < 0 {
+		return fmt.Errorf("decision_log.aggregate_interval must not be negative, got %s", dl.AggregateInterval)
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
+	}
 	return nil
 }
+
+// minCacheBytes is the smallest decision_cache_max_bytes: a sixty-fourth of
+// it, the largest decision kept, still holds a long topic.
+const minCacheBytes = 1 << 20
 
 func validateAddr(addr string) error {
 	host, port, err := net.SplitHostPort(addr)

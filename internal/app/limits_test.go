@@ -1,0 +1,120 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/packets"
+	"github.com/eclipse/paho.golang/paho"
+	mpackets "github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ztgate/ztgate/gateway"
+	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/registry"
+)
+
+func TestLimitsConfig(t *testing.T) {
+	got, err := LoadConfig(writeConfig(t, "limits:\n  max_packet_size: 4096\n  max_connect_packet_size: 2048\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Limits != (LimitsConfig{MaxPacketSize: 4096, MaxConnectPacketSize: 2048}) {
+		t.Fatalf("limits %+v", got.Limits)
+	}
+	// A key left out keeps its default, which must still fit the other.
+	got, err = LoadConfig(writeConfig(t, "limits:\n  max_packet_size: 131072\n"))
+	if err != nil || got.Limits.MaxConnectPacketSize != gateway.DefaultMaxConnectPacketSize {
+		t.Fatalf("limits %+v, %v; want the default pre-CONNECT limit", got.Limits, err)
+	}
+	if d := DefaultConfig().Limits; d.MaxPacketSize != gateway.DefaultMaxPacketSize || d.MaxConnectPacketSize != gateway.DefaultMaxConnectPacketSize {
+		t.Fatalf("default limits %+v", d)
+	}
+
+	bad := []struct {
+		yaml, want string
+	}{
+		{"limits:\n  max_packet_size: 0\n", "limits.max_packet_size"},
+		{"limits:\n  max_packet_size: -1\n", "limits.max_packet_size"},
+		{"limits:\n  max_packet_size: 1\n", "limits.max_packet_size"},
+		{"limits:\n  max_packet_size: 268435461\n", "limits.max_packet_size"},
+		{"limits:\n  max_connect_packet_size: 0\n", "limits.max_connect_packet_size"},
+		{"limits:\n  max_packet_size: 32768\n", "limits.max_connect_packet_size"}, // below the default pre-CONNECT limit
+		{"limits:\n  max_packet_size: 4096\n  max_connect_packet_size: 8192\n", "limits.max_connect_packet_size"},
+		{"limits:\n  max_packet: 4096\n", "limits.max_packet"},
+	}
+	for _, tc := range bad {
+		_, err := LoadConfig(writeConfig(t, tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one naming %s", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+// The configured limits reach the gateway: MQTT 5 clients are told the
+// maximum packet size, and a first packet over the pre-CONNECT limit ends
+// the connection.
+func TestLimitsReachTheGateway(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits = LimitsConfig{MaxPacketSize: 8192, MaxConnectPacketSize: 2048}
+	a := start(t, cfg)
+	id, _ := identity.DeviceID(a.TrustDomain(), "sensor-1")
+	if _, err := a.Registry().Create(registry.Device{Name: "sensor-1", SPIFFEID: id.String(), Status: registry.StatusActive}); err != nil {
+		t.Fatal(err)
+	}
+	chain, key, err := a.CA().IssueSVID(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := identity.ClientTLSConfigPEM(chain, key, a.CA().BundlePEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.ServerName = "localhost"
+	dial := func() net.Conn {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: wait}, "tcp", a.MQTTAddr().String(), conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		return conn
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	c := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(dial()), PacketTimeout: wait})
+	ack, err := c.Connect(ctx, &paho.Connect{ClientID: "s1", KeepAlive: 30, CleanStart: true})
+	if err != nil {
+		t.Fatalf("CONNECT: %v", err)
+	}
+	if ack.Properties == nil || ack.Properties.MaximumPacketSize == nil || *ack.Properties.MaximumPacketSize != 8192 {
+		t.Fatalf("CONNACK properties %+v, want Maximum Packet Size 8192", ack.Properties)
+	}
+
+	// A whole CONNECT of 3000 bytes: within the maximum packet size, over
+	// the pre-CONNECT limit. Read, it would be answered with a CONNACK.
+	pk := mpackets.Packet{
+		FixedHeader:     mpackets.FixedHeader{Type: mpackets.Connect},
+		ProtocolVersion: 5,
+		Connect: mpackets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, Clean: true, ClientIdentifier: "s2",
+			PasswordFlag: true, Password: []byte(strings.Repeat("p", 3000-20))},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil || buf.Len() != 3000 {
+		t.Fatalf("test CONNECT: %d bytes, %v", buf.Len(), err)
+	}
+	conn := dial()
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(wait))
+	if n, err := conn.Read(make([]byte, 64)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a CONNECT over the configured pre-CONNECT limit: read %d bytes, %v; want the connection closed", n, err)
+	}
+}
