@@ -18,9 +18,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -57,7 +57,7 @@ func newBenchAPI(b *testing.B) *benchAPI {
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng, err := policy.NewEngine(policies.FS, policy.Options{
+	eng, err := policy.NewEngine(defaultpolicy.FS, policy.Options{
 		Logger: slog.New(slog.DiscardHandler),
 		Data:   map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": td.Name()}}},
 	})

@@ -28,9 +28,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -145,7 +145,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 func withPolicyDir(t *testing.T, dir *string) envOption {
 	return func(c *Config) {
 		*dir = t.TempDir()
-		entries, err := fs.ReadDir(policies.FS, ".")
+		entries, err := fs.ReadDir(defaultpolicy.FS, ".")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,7 +153,7 @@ func withPolicyDir(t *testing.T, dir *string) envOption {
 			if !strings.HasSuffix(de.Name(), ".rego") {
 				continue
 			}
-			b, err := fs.ReadFile(policies.FS, de.Name())
+			b, err := fs.ReadFile(defaultpolicy.FS, de.Name())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -408,7 +408,7 @@ func (e *env) createDevice(name string, labels map[string]string) Device {
 // default policy through the real engine.
 func defaultEngine(t *testing.T) *policy.Engine {
 	t.Helper()
-	eng, err := policy.NewEngine(policies.FS, policy.Options{
+	eng, err := policy.NewEngine(defaultpolicy.FS, policy.Options{
 		Logger: slog.New(slog.DiscardHandler),
 		Data:   map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": td.Name()}}},
 	})

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/decisionlog"
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // byTopic denies with a reason that names the topic's first level, so
@@ -305,7 +305,7 @@ func TestAggregateBounded(t *testing.T) {
 // a device publishing to a new forbidden topic each time cannot defeat the
 // aggregation, and the aggregate names some of the topics.
 func TestDenyFloodRealEngine(t *testing.T) {
-	eng, err := policy.NewEngine(policies.FS, policy.Options{
+	eng, err := policy.NewEngine(defaultpolicy.FS, policy.Options{
 		Logger: slog.New(slog.DiscardHandler),
 		Data:   map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": "example.org"}}},
 	})

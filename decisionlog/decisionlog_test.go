@@ -22,8 +22,8 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/decisionlog"
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // lockedBuffer is a Writer the writer goroutine and the test can share.
@@ -213,7 +213,7 @@ func TestSampleHalf(t *testing.T) {
 // policy input document the engine evaluated. Decided by the real engine on
 // the default policy.
 func TestEntryShape(t *testing.T) {
-	eng, err := policy.NewEngine(policies.FS, policy.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	eng, err := policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

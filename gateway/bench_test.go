@@ -13,14 +13,14 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ztgate/ztgate/decisionlog"
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // defaultEngine compiles ztgate's default policy once per test binary.
 var defaultEngine = sync.OnceValues(func() (*policy.Engine, error) {
-	return policy.NewEngine(policies.FS, policy.Options{Logger: quietLogger()})
+	return policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: quietLogger()})
 })
 
 // benchDeciders are compared in one run: the allow-all baseline (the cost

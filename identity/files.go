@@ -3,7 +3,8 @@ package identity
 import (
 	"fmt"
 	"os"
-	"path/filepath"
+
+	"github.com/ztgate/ztgate/internal/atomicfile"
 )
 
 // File names inside a CA directory and an SVID directory.
@@ -17,50 +18,11 @@ const (
 
 // writeFileAtomic replaces path with data so that a reader (or a crash)
 // sees either the old file or the complete new one, never a torn write.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("identity: writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	// CreateTemp makes the file 0600, so secret bytes are never exposed
-	// with a wider mode, even for a moment.
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("identity: writing %s: %w", path, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("identity: writing %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("identity: writing %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("identity: writing %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("identity: writing %s: %w", path, err)
-	}
-	// The rename is durable only once the directory entry is.
-	if err = syncDir(dir); err != nil {
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	if err := atomicfile.WriteFile(path, data, perm); err != nil {
 		return fmt.Errorf("identity: writing %s: %w", path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // makePrivateDir creates dir (and parents) with mode 0700 when missing. An

@@ -21,7 +21,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/policy"
 )
 
@@ -97,7 +96,7 @@ type Metrics struct {
 	revision string              // the revision whose info series is 1
 	statuses map[string]struct{} // registry statuses ever set
 
-	logStats   atomic.Pointer[func() decisionlog.Stats]
+	logStats   atomic.Pointer[func() DecisionLogStats]
 	cacheStats atomic.Pointer[func() policy.CacheStats]
 }
 
@@ -375,9 +374,17 @@ func (m *Metrics) Disconnected(reason string) {
 	m.disconnects.WithLabelValues(reason).Inc()
 }
 
+// DecisionLogStats are the counters of a decision logger that Metrics
+// exports, one ztgate_decision_log_entries_total{outcome} series each. It
+// has the fields, in the order, of decisionlog.Stats, so that one converts
+// to the other; metrics owns the type so as not to depend on the logger.
+type DecisionLogStats struct {
+	Written, Dropped, Synchronous, Failed, Aggregated uint64
+}
+
 // SetDecisionLogStats exports a decision logger's counters as
-// ztgate_decision_log_entries_total{outcome}; pass (*decisionlog.Logger).Stats.
-func (m *Metrics) SetDecisionLogStats(stats func() decisionlog.Stats) {
+// ztgate_decision_log_entries_total{outcome}.
+func (m *Metrics) SetDecisionLogStats(stats func() DecisionLogStats) {
 	if m == nil {
 		return
 	}

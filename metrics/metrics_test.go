@@ -17,9 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/ztgate/ztgate/decisionlog"
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 var wantNames = []string{
@@ -50,7 +49,7 @@ func exercise(m *Metrics) {
 	m.SetRegistryCounts(map[string]int{"active": 3, "revoked": 1})
 	m.Revoked()
 	m.Disconnected("revoked")
-	m.SetDecisionLogStats(func() decisionlog.Stats { return decisionlog.Stats{Written: 5} })
+	m.SetDecisionLogStats(func() DecisionLogStats { return DecisionLogStats{Written: 5} })
 	m.SetDecisionCacheStats(func() policy.CacheStats { return policy.CacheStats{Hits: 2, Entries: 1} })
 }
 
@@ -173,7 +172,7 @@ func TestObserveDecisionDoesNotAllocate(t *testing.T) {
 // Wrap counts and times every decision of the real engine and returns the
 // decision unchanged.
 func TestWrap(t *testing.T) {
-	eng, err := policy.NewEngine(policies.FS, policy.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	eng, err := policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,52 +274,39 @@ func TestLifecycleMetrics(t *testing.T) {
 	}
 }
 
+// Each counter of the decision log is exported under its own outcome; the
+// counts of a real decisionlog.Logger are tested where the two are chained
+// (internal/decisionchain).
 func TestDecisionLogStats(t *testing.T) {
-	var out strings.Builder
-	var mu sync.Mutex
-	l, err := decisionlog.New(decisionlog.Config{Writer: writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return out.Write(p)
-	})})
-	if err != nil {
-		t.Fatal(err)
-	}
 	m := New(prometheus.NewRegistry())
 	if n := testutil.CollectAndCount(m, "ztgate_decision_log_entries_total"); n != 0 {
 		t.Fatalf("%d decision-log series without a decision log", n)
 	}
-	m.SetDecisionLogStats(l.Stats)
-	deny := policy.DeciderFunc(func(context.Context, *policy.Input) policy.Decision { return policy.Decision{} })
-	l.Wrap(deny).Decide(context.Background(), nil)
-	l.Wrap(deny).Decide(context.Background(), nil)
-	// Three denies of one session: one entry, two counted in an aggregate
-	// entry written at Close.
-	in := &policy.Input{Action: policy.ActionPublish, Topic: "t", Subject: &policy.Subject{Identity: policy.Identity{SPIFFEID: "spiffe://example.org/device/a"}}}
-	for range 3 {
-		l.Wrap(deny).Decide(context.Background(), in)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
+	m.SetDecisionLogStats(func() DecisionLogStats {
+		return DecisionLogStats{Written: 1, Dropped: 2, Synchronous: 3, Failed: 4, Aggregated: 5}
+	})
 	want := `
 # HELP ztgate_decision_log_entries_total Decision-log entries by outcome: written; dropped (a sampled allow, buffer full); synchronous (a deny written by the deciding goroutine, buffer full); failed (lost to a write error); aggregated (a repeated deny counted in an aggregate entry instead of an entry of its own).
 # TYPE ztgate_decision_log_entries_total counter
-ztgate_decision_log_entries_total{outcome="aggregated"} 2
-ztgate_decision_log_entries_total{outcome="dropped"} 0
-ztgate_decision_log_entries_total{outcome="failed"} 0
-ztgate_decision_log_entries_total{outcome="synchronous"} 0
-ztgate_decision_log_entries_total{outcome="written"} 4
+ztgate_decision_log_entries_total{outcome="aggregated"} 5
+ztgate_decision_log_entries_total{outcome="dropped"} 2
+ztgate_decision_log_entries_total{outcome="failed"} 4
+ztgate_decision_log_entries_total{outcome="synchronous"} 3
+ztgate_decision_log_entries_total{outcome="written"} 1
 `
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "ztgate_decision_log_entries_total"); err != nil {
 		t.Fatal(err)
+	}
+	m.SetDecisionLogStats(nil)
+	if n := testutil.CollectAndCount(m, "ztgate_decision_log_entries_total"); n != 0 {
+		t.Errorf("%d series after the decision log was unset", n)
 	}
 }
 
 // The decision cache's counters, with the cache inside Wrap as the app
 // chains them: decisions_total counts every decision, hits included.
 func TestDecisionCacheStats(t *testing.T) {
-	e, err := policy.NewEngine(policies.FS, policy.Options{Logger: slog.New(slog.DiscardHandler)})
+	e, err := policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,10 +360,6 @@ ztgate_decision_cache_bytes %d
 		t.Errorf("%d series after the cache was unset", n)
 	}
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func TestRegistration(t *testing.T) {
 	reg := prometheus.NewRegistry()

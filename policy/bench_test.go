@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // The decision path on the default policy, beside two baselines measured in
@@ -23,7 +23,7 @@ const benchTimeout = time.Second
 
 func benchEngine(b *testing.B) *policy.Engine {
 	b.Helper()
-	e, err := policy.NewEngine(policies.FS, policy.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Timeout: benchTimeout})
+	e, err := policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Timeout: benchTimeout})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func BenchmarkDecideReceive(b *testing.B) {
 // The same publish decisions with the base document the gateway passes
 // (data.ztgate.config.trust_domain, which the default policy reads).
 func BenchmarkDecideWithConfig(b *testing.B) {
-	e, err := policy.NewEngine(policies.FS, policy.Options{
+	e, err := policy.NewEngine(defaultpolicy.FS, policy.Options{
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Timeout: benchTimeout,
 		Data:    map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": "example.org"}}},

@@ -104,7 +104,8 @@ type CacheStats struct {
 //
 // Put it directly around the engine, inside a decision logger (which must
 // see, and give an id to, every decision) and inside metrics (which count
-// every decision, cached or not):
+// every decision, cached or not); package internal/decisionchain builds
+// that chain:
 //
 //	dl.Wrap(m.Wrap(policy.NewCache(engine, nil, policy.CacheOptions{})))
 //
@@ -161,8 +162,8 @@ func (c *Cache) Decide(ctx context.Context, in *Input) Decision {
 		}
 		return Decision{Err: errNoEngine}
 	}
-	rev := c.engine.cur.Load()
-	if rev == nil || rev.plan == nil || !rev.plan.cacheable || in == nil || in.Subject == nil || ctx.Err() != nil {
+	rev := c.engine.Active()
+	if !rev.Cacheable() || in == nil || in.Subject == nil || ctx.Err() != nil {
 		return c.pass(ctx, in)
 	}
 	k, ok := rev.plan.key(in)
@@ -175,13 +176,13 @@ func (c *Cache) Decide(ctx context.Context, in *Input) Decision {
 	}
 	if v, ok := m.load(rev.plan, k); ok {
 		c.hits.Add(1)
-		return Decision{Allow: v.allow, Reasons: v.reasons, Revision: rev.id}
+		return Decision{Allow: v.allow, Reasons: v.reasons, Revision: rev.ID}
 	}
 	c.misses.Add(1)
 	d := c.next.Decide(ctx, in)
 	// Only a decision made by the revision the key was built for, that did
 	// not fail and that no logger gave an id is kept.
-	if d.Err == nil && d.ID == "" && d.Revision == rev.id {
+	if d.Err == nil && d.ID == "" && d.Revision == rev.ID {
 		m.store(rev.plan, k, memoValue{allow: d.Allow, reasons: d.Reasons})
 	}
 	return d
@@ -359,7 +360,7 @@ func (m *subjectMemo) store(p *cachePlan, k memoKey, v memoValue) {
 	k.topic, k.filter = strings.Clone(k.topic), strings.Clone(k.filter)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if cur := c.engine.cur.Load(); cur == nil || cur.plan != p || m.released {
+	if c.engine.Active().plan != p || m.released {
 		return // the revision changed meanwhile: p's decisions are stale
 	}
 	if m.plan != p {

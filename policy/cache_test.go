@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // counting decides with next and counts the calls: the engine's work
@@ -29,7 +29,7 @@ func (c *counting) Decide(ctx context.Context, in *policy.Input) policy.Decision
 
 func defaultPolicyEngine(t testing.TB) *policy.Engine {
 	t.Helper()
-	e, err := policy.NewEngine(policies.FS, policy.Options{
+	e, err := policy.NewEngine(defaultpolicy.FS, policy.Options{
 		Logger: quietLogger(),
 		Data:   map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": "example.org"}}},
 	})

@@ -12,8 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // listener is a loopback HTTP server that counts the requests it gets: what
@@ -115,7 +115,7 @@ func TestNondeterministicBuiltinsRefused(t *testing.T) {
 // needs (CIDR matching, certificates, the MQTT builtins), still compile and
 // pass their tests.
 func TestPureBuiltinsAllowed(t *testing.T) {
-	if _, err := policy.NewEngine(policies.FS, policy.Options{Logger: quietLogger()}); err != nil {
+	if _, err := policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: quietLogger()}); err != nil {
 		t.Fatalf("default policy: %v", err)
 	}
 	files := map[string]string{
@@ -171,7 +171,7 @@ func TestAllowBuiltins(t *testing.T) {
 	}
 
 	for _, bad := range [][]string{{"http.sned"}, {"count"}, {"mqtt.topic_matches"}, {"http.send", ""}} {
-		if _, err := policy.NewEngine(policies.FS, policy.Options{Logger: quietLogger(), AllowBuiltins: bad}); err == nil || !strings.HasPrefix(err.Error(), "policy: ") {
+		if _, err := policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: quietLogger(), AllowBuiltins: bad}); err == nil || !strings.HasPrefix(err.Error(), "policy: ") {
 			t.Errorf("AllowBuiltins %q: %v, want an error", bad, err)
 		}
 		if err := policy.CheckAllowBuiltins(bad); err == nil {

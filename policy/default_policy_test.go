@@ -9,15 +9,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // The default policy through the engine with inputs built in Go, as the
 // gateway builds them: the Rego tests build their inputs by hand, this checks
 // that the real input document meets the same rules.
 func TestDefaultPolicyThroughEngine(t *testing.T) {
-	e, err := policy.NewEngine(policies.FS, policy.Options{Logger: quietLogger()})
+	e, err := policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestDefaultPolicyThroughEngine(t *testing.T) {
 // Shared subscriptions are decided on their inner filter: the caller reduces
 // them with SplitShared, in any case of $share, and denies malformed ones.
 func TestDefaultPolicySharedSubscriptions(t *testing.T) {
-	e, err := policy.NewEngine(policies.FS, policy.Options{Logger: quietLogger()})
+	e, err := policy.NewEngine(defaultpolicy.FS, policy.Options{Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestDefaultPolicySharedSubscriptions(t *testing.T) {
 
 func TestRunTestsDefaultPolicy(t *testing.T) {
 	var out bytes.Buffer
-	passed, failed, err := policy.RunTests(context.Background(), policies.FS, &out, false)
+	passed, failed, err := policy.RunTests(context.Background(), defaultpolicy.FS, &out, false)
 	if err != nil || failed != 0 || passed < 40 {
 		t.Fatalf("RunTests = %d passed, %d failed, %v\n%s", passed, failed, err, out.String())
 	}

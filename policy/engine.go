@@ -154,6 +154,29 @@ func (e *Engine) Revision() string {
 	return ""
 }
 
+// Active is the policy revision in force at one instant, as a decision
+// cache sees it: its id and what of its decisions may be reused. A
+// revision is never modified, so an Active stays valid and consistent
+// after the engine moves on; comparing two tells whether decisions kept
+// under one may be answered under the other. The zero Active is no policy.
+type Active struct {
+	// ID is the revision's content hash, as in Decision.Revision.
+	ID   string
+	plan *cachePlan // shared by the revisions of one ID; nil: no policy
+}
+
+// Active returns the revision in force. It is one atomic load and does not
+// allocate: a decision cache calls it on every decision.
+func (e *Engine) Active() Active {
+	if rev := e.cur.Load(); rev != nil {
+		return Active{ID: rev.id, plan: rev.plan}
+	}
+	return Active{}
+}
+
+// Cacheable reports whether the decisions of a may be cached (see Cache).
+func (a Active) Cacheable() bool { return a.plan != nil && a.plan.cacheable }
+
 // compile parses the policy modules of srcs (tests left out) and prepares
 // the allow and reasons queries on one compiler.
 func (e *Engine) compile(ctx context.Context, srcs []source) (*revision, error) {

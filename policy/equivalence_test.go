@@ -11,7 +11,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 
-	"github.com/ztgate/ztgate/examples/policies"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // The engine evaluates allow, and reasons only for a deny, sharing one cache.
@@ -20,7 +20,7 @@ import (
 // input, the same reasons for every deny, and, for the default policy, no
 // reasons on an allow, so the Decision is the same in full.
 func TestDecisionsMatchWholePackageEvaluation(t *testing.T) {
-	srcs, err := readSources(policies.FS, false)
+	srcs, err := readSources(defaultpolicy.FS, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestDecisionsMatchWholePackageEvaluation(t *testing.T) {
 		if td != "" {
 			data = map[string]any{"ztgate": map[string]any{"config": map[string]any{"trust_domain": td}}}
 		}
-		e, err := NewEngine(policies.FS, Options{Data: data, Logger: slog.New(slog.DiscardHandler)})
+		e, err := NewEngine(defaultpolicy.FS, Options{Data: data, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}

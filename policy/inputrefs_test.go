@@ -9,7 +9,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
-	"github.com/ztgate/ztgate/examples/policies"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 func refsOf(t *testing.T, files map[string]string) InputRefs {
@@ -31,7 +31,7 @@ func refsOf(t *testing.T, files map[string]string) InputRefs {
 // per-message fields, topic, filter, retain and will; not qos, not
 // payload_size, not time. Its decisions are cacheable.
 func TestInputRefsDefaultPolicy(t *testing.T) {
-	e, err := NewEngine(policies.FS, Options{Logger: slog.New(slog.DiscardHandler)})
+	e, err := NewEngine(defaultpolicy.FS, Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/atomicfile"
 )
 
 // Status describes the policy in force and the last refused change.
@@ -187,7 +189,9 @@ func (e *Engine) PutModule(name string, src []byte) error {
 	if err != nil {
 		return e.reject(err)
 	}
-	if err := writeFileAtomic(dir, name, src); err != nil {
+	// Atomic so that the watcher, or a restart, reads the old module or the
+	// new one, never a part.
+	if err := atomicfile.WriteFile(filepath.Join(dir, name), src, 0o644); err != nil {
 		return fmt.Errorf("policy: keeping module %s: %w", name, err)
 	}
 	e.accept(cur, next, dir)
@@ -355,42 +359,4 @@ func sourceNames(srcs []source) []string {
 		names[i] = s.name
 	}
 	return names
-}
-
-// writeFileAtomic replaces dir/name with data so that a reader (the watcher,
-// a restart) sees the old file or the new one, never a part: a hidden
-// temporary file in dir, synced, renamed over name, then the directory
-// synced so the rename itself survives a crash.
-func writeFileAtomic(dir, name string, data []byte) (err error) {
-	f, err := os.CreateTemp(dir, ".put-*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err = f.Write(data); err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

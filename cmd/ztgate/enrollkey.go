@@ -12,6 +12,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/ztgate/ztgate/internal/atomicfile"
 )
 
 const (
@@ -101,8 +103,10 @@ func newEnrollKey(path, tokenID string) (*enrollKey, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
 	}
-	if err := writeFileSynced(path, kept, 0o600); err != nil {
-		return nil, err
+	// Synced and renamed into place: after a crash the kept key is whole
+	// or absent, never a part that a retry would choke on.
+	if err := atomicfile.WriteFile(path, kept, 0o600); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", path, err)
 	}
 	k.path = path
 	return k, nil
@@ -126,46 +130,4 @@ func (k *enrollKey) done() {
 	if k.path != "" {
 		_ = os.Remove(k.path)
 	}
-}
-
-// writeFileSynced writes data to path through a synced temporary file in
-// the same directory, renamed into place, and syncs the directory: after a
-// crash the file is either whole or absent.
-func writeFileSynced(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer d.Close()
-	if err = d.Sync(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }

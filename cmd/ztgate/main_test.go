@@ -318,7 +318,7 @@ func TestClientEnvironment(t *testing.T) {
 	assertOneLineError(t, r, "cannot load the admin identity from ./ztgate-data/admin", nil)
 }
 
-const policyDir = "../../examples/policies"
+const policyDir = "../../policy/defaultpolicy"
 
 func TestPolicyTest(t *testing.T) {
 	stdout := ok(t, "policy", "test", policyDir)

@@ -16,9 +16,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/internal/app"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // maxInput bounds the input document of `policy eval`.
@@ -196,7 +196,7 @@ func (c *cli) newPolicyTestCmd() *cobra.Command {
 test ran at all. As in the gateway, a policy or test calling a restricted
 builtin (http.send, net.lookup_ip_addr, time.now_ns, ...) does not compile
 unless --allow-builtin names it.`,
-		Example: "  ztgate policy test examples/policies",
+		Example: "  ztgate policy test policy/defaultpolicy",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fsys, err := policy.LoadDir(args[0])
@@ -240,7 +240,7 @@ A deny is a decision, not an error: the exit code is 0 either way.`,
 			if err != nil {
 				return err
 			}
-			var fsys fs.FS = policies.FS
+			var fsys fs.FS = defaultpolicy.FS
 			if dir != "" {
 				if fsys, err = policy.LoadDir(dir); err != nil {
 					return err

@@ -29,6 +29,7 @@ import (
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/gateway"
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/decisionchain"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
@@ -135,7 +136,6 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("app: %w", err)
 		}
-		a.m.SetDecisionLogStats(a.dlog.Stats)
 	}
 
 	a.policyDir = cfg.EffectivePolicyDir()
@@ -153,13 +153,17 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	}
 	// The cache answers repeated decisions of a session (publish and
 	// delivery, twice per message) without the engine, when the revision
-	// in force allows it. The metrics count and time every decision,
-	// cached or not; the decision log, outermost, logs every decision the
-	// gateway and the API make and gives every deny the decision_id the
-	// enforcement point logs.
-	a.cache = policy.NewCache(a.engine, nil, policy.CacheOptions{MaxBytes: cfg.DecisionCacheMaxBytes})
-	a.m.SetDecisionCacheStats(a.cache.Stats)
-	a.decider = a.dlog.Wrap(a.m.Wrap(a.cache))
+	// in force allows it; decisionchain says why it, the metrics and the
+	// decision log go in the order they do.
+	a.decider, a.cache, err = decisionchain.New(decisionchain.Options{
+		Engine:      a.engine,
+		Cache:       policy.CacheOptions{MaxBytes: cfg.DecisionCacheMaxBytes},
+		Metrics:     a.m,
+		DecisionLog: a.dlog,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
 
 	// The steps above may take a while on a slow disk or a large policy;
 	// do not open listeners for a caller that has given up.

@@ -8,11 +8,12 @@ import (
 	"path"
 	"path/filepath"
 
-	"github.com/ztgate/ztgate/examples/policies"
+	"github.com/ztgate/ztgate/internal/atomicfile"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // seedPolicyDir creates dir with the embedded default policy (the *.rego
-// files at the root of examples/policies, its tests included, so that the
+// files at the root of policy/defaultpolicy, its tests included, so that the
 // first edit is checked against them) unless dir already exists. An existing
 // directory is never touched: it is the operator's, edits and uploaded
 // modules included. The files are written to a sibling temporary directory
@@ -26,7 +27,7 @@ func seedPolicyDir(dir string) (bool, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("app: policy dir: %w", err)
 	}
-	names, err := fs.Glob(policies.FS, "*.rego")
+	names, err := fs.Glob(defaultpolicy.FS, "*.rego")
 	if err != nil {
 		return false, fmt.Errorf("app: default policy: %w", err)
 	}
@@ -43,11 +44,13 @@ func seedPolicyDir(dir string) (bool, error) {
 	}
 	defer os.RemoveAll(tmp) // a no-op once renamed
 	for _, name := range names {
-		src, err := fs.ReadFile(policies.FS, name)
+		src, err := fs.ReadFile(defaultpolicy.FS, name)
 		if err != nil {
 			return false, fmt.Errorf("app: default policy: %w", err)
 		}
-		if err := writeSynced(filepath.Join(tmp, path.Base(name)), src); err != nil {
+		// 0600 in a 0700 directory: the policy is the operator's alone.
+		// tmp is fresh and ours, so WriteFile cannot replace anyone's file.
+		if err := atomicfile.WriteFile(filepath.Join(tmp, path.Base(name)), src, 0o600); err != nil {
 			return false, fmt.Errorf("app: seed policy dir: %w", err)
 		}
 	}
@@ -57,33 +60,8 @@ func seedPolicyDir(dir string) (bool, error) {
 	if err := os.Rename(tmp, dir); err != nil {
 		return false, fmt.Errorf("app: seed policy dir: %w", err)
 	}
-	if err := syncDir(parent); err != nil {
+	if err := atomicfile.SyncDir(parent); err != nil {
 		return false, fmt.Errorf("app: seed policy dir: %w", err)
 	}
 	return true, nil
-}
-
-func writeSynced(name string, data []byte) error {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -22,8 +22,8 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/ztgate/ztgate/decisionlog"
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -256,7 +256,7 @@ func TestPolicyDirSeededOnce(t *testing.T) {
 	// The seed is the embedded default policy at the root of the embedded
 	// files, its tests included.
 	names := dirNames(t, dir)
-	embedded, err := fs.Glob(policies.FS, "*.rego")
+	embedded, err := fs.Glob(defaultpolicy.FS, "*.rego")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestPolicyDirSeededOnce(t *testing.T) {
 		t.Fatalf("seeded files %v, want %v", names, embedded)
 	}
 	for _, n := range names {
-		want, _ := policies.FS.ReadFile(n)
+		want, _ := defaultpolicy.FS.ReadFile(n)
 		if got := readFile(t, filepath.Join(dir, n)); !bytes.Equal(got, want) {
 			t.Fatalf("%s is not the embedded default", n)
 		}

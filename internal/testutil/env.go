@@ -32,9 +32,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // TrustDomain is the trust domain every test gateway serves.
@@ -195,11 +195,11 @@ func writePolicyDir(t testing.TB, dir string, extra map[string]string) string {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	err := fs.WalkDir(policies.FS, ".", func(path string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(defaultpolicy.FS, ".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".rego") || strings.HasSuffix(path, "_test.rego") {
 			return err
 		}
-		b, err := fs.ReadFile(policies.FS, path)
+		b, err := fs.ReadFile(defaultpolicy.FS, path)
 		if err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package policies_test
+package defaultpolicy_test
 
 import (
 	"bytes"
@@ -20,13 +20,13 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/format"
 
-	"github.com/ztgate/ztgate/examples/policies"
 	"github.com/ztgate/ztgate/policy"
+	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 func TestEmbedded(t *testing.T) {
 	for _, name := range []string{"authz.rego", "authz_test.rego"} {
-		if _, err := fs.Stat(policies.FS, name); err != nil {
+		if _, err := fs.Stat(defaultpolicy.FS, name); err != nil {
 			t.Errorf("%s not embedded: %v", name, err)
 		}
 	}
@@ -35,7 +35,7 @@ func TestEmbedded(t *testing.T) {
 // The default policy's Rego tests, run as `ztgate policy test` runs them.
 func TestDefaultPolicy(t *testing.T) {
 	var out bytes.Buffer
-	passed, failed, err := policy.RunTests(context.Background(), policies.FS, &out, testing.Verbose())
+	passed, failed, err := policy.RunTests(context.Background(), defaultpolicy.FS, &out, testing.Verbose())
 	t.Log(out.String())
 	if err != nil || failed != 0 || passed == 0 {
 		t.Fatalf("%d passed, %d failed, err %v", passed, failed, err)
@@ -43,7 +43,7 @@ func TestDefaultPolicy(t *testing.T) {
 }
 
 func TestDefaultPolicyCompiles(t *testing.T) {
-	e, err := policy.NewEngine(policies.FS, policy.Options{})
+	e, err := policy.NewEngine(defaultpolicy.FS, policy.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,12 +54,12 @@ func TestDefaultPolicyCompiles(t *testing.T) {
 
 // The policy is the reference others copy: keep it in `opa fmt` form.
 func TestFormatted(t *testing.T) {
-	names, err := fs.Glob(policies.FS, "*.rego")
+	names, err := fs.Glob(defaultpolicy.FS, "*.rego")
 	if err != nil || len(names) == 0 {
 		t.Fatalf("no policy files: %v", err)
 	}
 	for _, name := range names {
-		src, err := fs.ReadFile(policies.FS, name)
+		src, err := fs.ReadFile(defaultpolicy.FS, name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,8 +74,8 @@ func TestFormatted(t *testing.T) {
 }
 
 // recipesDir holds the worked examples, outside this directory so that
-// --policy-dir examples/policies loads the default policy alone.
-const recipesDir = "../policy-recipes"
+// --policy-dir policy/defaultpolicy loads the default policy alone.
+const recipesDir = "../../examples/policy-recipes"
 
 // extraDirs are the worked examples of docs/policy.md: modules added to the
 // default policy, each with its own tests.
@@ -86,7 +86,7 @@ var extraDirs = []string{"site-isolation", "dashboards", "maintenance-window"}
 func withDefault(t *testing.T, name string) fstest.MapFS {
 	t.Helper()
 	out := fstest.MapFS{}
-	for _, fsys := range []fs.FS{policies.FS, os.DirFS(filepath.Join(recipesDir, name))} {
+	for _, fsys := range []fs.FS{defaultpolicy.FS, os.DirFS(filepath.Join(recipesDir, name))} {
 		err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
 				return err
@@ -115,7 +115,7 @@ func TestExtraPolicies(t *testing.T) {
 	if len(entries) != len(extraDirs) {
 		t.Errorf("%s holds %d examples, the docs show %d", recipesDir, len(entries), len(extraDirs))
 	}
-	defaults, _, err := policy.RunTests(context.Background(), policies.FS, io.Discard, false)
+	defaults, _, err := policy.RunTests(context.Background(), defaultpolicy.FS, io.Discard, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,9 +191,10 @@ func TestMaintenanceWindowThroughEngine(t *testing.T) {
 	}
 }
 
-// `ztgate policy test examples/policies` loads the directory recursively:
-// the default policy with every example at once. They stay compatible.
-func TestExamplesTogether(t *testing.T) {
+// `ztgate policy test policy/defaultpolicy` loads the directory from disk,
+// recursively, as an operator's copy of it would be: it passes as the
+// embedded copy does.
+func TestLoadedFromDisk(t *testing.T) {
 	var out bytes.Buffer
 	passed, failed, err := policy.RunTests(context.Background(), os.DirFS("."), &out, false)
 	if err != nil || failed != 0 || passed == 0 {
@@ -228,7 +229,8 @@ func TestPolicyDocs(t *testing.T) {
 	for _, name := range extraDirs {
 		files, _ := filepath.Glob(filepath.Join(recipesDir, name, "*.rego"))
 		for _, f := range files {
-			if p := path.Join("examples/policies", filepath.ToSlash(f)); !found[p] {
+			// f is relative to this directory: name it from the root.
+			if p := path.Join("policy/defaultpolicy", filepath.ToSlash(f)); !found[p] {
 				t.Errorf("docs do not show %s", p)
 			}
 		}

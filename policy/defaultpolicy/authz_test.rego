@@ -1,6 +1,6 @@
 # Tests of the default policy. Every allowed action is tested beside the
 # denied neighbours an attacker would try, so a rule that widens or breaks
-# fails a test. Run with: ztgate policy test examples/policies
+# fails a test. Run with: ztgate policy test policy/defaultpolicy
 package ztgate.authz_test
 
 import data.ztgate.authz
