@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
 )
@@ -705,9 +706,9 @@ func TestSessions(t *testing.T) {
 	})
 	t.Run("provider", func(t *testing.T) {
 		at := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
-		sessions := []Session{{ClientID: "c1", SPIFFEID: "spiffe://example.org/device/sensor-0",
+		sessions := []brokerview.Session{{ClientID: "c1", SPIFFEID: "spiffe://example.org/device/sensor-0",
 			Device: "sensor-0", RemoteAddr: "127.0.0.1:5000", ProtocolVersion: 5, ConnectedAt: at}}
-		e := newEnv(t, func(c *Config) { c.Sessions = func() []Session { return sessions } })
+		e := newEnv(t, func(c *Config) { c.Sessions = func() []brokerview.Session { return sessions } })
 		r := e.do(e.admin, http.MethodGet, "/v1/sessions", "", nil)
 		var raw []map[string]any
 		r.json(t, &raw)
@@ -888,8 +889,8 @@ func TestWireTypesMatchSpecFields(t *testing.T) {
 		"AuditList":           AuditList{},
 		"PolicyStatus":        PolicyStatus{},
 		"EvalResponse":        EvalResponse{},
-		"Session":             Session{},
-		"RetainedMessage":     RetainedMessage{},
+		"Session":             brokerview.Session{},
+		"RetainedMessage":     brokerview.RetainedMessage{},
 		"RetainedList":        RetainedList{},
 		"Health":              Health{},
 		"Readiness":           Readiness{},

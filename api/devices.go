@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -452,12 +453,12 @@ func firstCert(chainPEM []byte) (*x509.Certificate, error) {
 }
 
 func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
-	var out []Session
+	var out []brokerview.Session
 	if s.cfg.Sessions != nil {
 		out = s.cfg.Sessions()
 	}
 	if out == nil {
-		out = []Session{}
+		out = []brokerview.Session{}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -6,9 +6,9 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 	"unicode/utf8"
 
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/policy"
 )
 
@@ -26,19 +26,9 @@ const (
 	maxTopicLen = 65535
 )
 
-// RetainedMessage is one retained message of the gateway, as GET
-// /v1/retained lists it: no payload, which is the devices' data.
-type RetainedMessage struct {
-	Topic       string    `json:"topic"`
-	QoS         byte      `json:"qos"`
-	PayloadSize int       `json:"payload_size"`
-	SpiffeID    string    `json:"spiffe_id,omitempty"` // of the publisher, when known
-	Created     time.Time `json:"created"`
-}
-
 // RetainedList is the answer of GET /v1/retained, sorted by topic.
 type RetainedList struct {
-	Messages []RetainedMessage `json:"messages"`
+	Messages []brokerview.RetainedMessage `json:"messages"`
 	// Truncated says more messages match than the limit let through:
 	// narrow the filter or raise the limit.
 	Truncated bool `json:"truncated"`
@@ -66,7 +56,7 @@ func (s *Server) listRetained(w http.ResponseWriter, r *http.Request) {
 	if limit == 0 {
 		limit = defaultRetainedLimit
 	}
-	var msgs []RetainedMessage
+	var msgs []brokerview.RetainedMessage
 	if s.cfg.ListRetained != nil {
 		// One more than the page, to tell a full page from a cut one.
 		if msgs, err = s.cfg.ListRetained(filter, limit+1); err != nil {
@@ -75,13 +65,13 @@ func (s *Server) listRetained(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	msgs = slices.Clone(msgs)
-	slices.SortFunc(msgs, func(a, b RetainedMessage) int { return cmp.Compare(a.Topic, b.Topic) })
+	slices.SortFunc(msgs, func(a, b brokerview.RetainedMessage) int { return cmp.Compare(a.Topic, b.Topic) })
 	out := RetainedList{Messages: msgs}
 	if len(msgs) > limit {
 		out.Messages, out.Truncated = msgs[:limit], true
 	}
 	if out.Messages == nil {
-		out.Messages = []RetainedMessage{}
+		out.Messages = []brokerview.RetainedMessage{}
 	}
 	for i := range out.Messages {
 		out.Messages[i].Created = out.Messages[i].Created.UTC()

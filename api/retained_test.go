@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/policy"
 )
 
@@ -18,29 +19,29 @@ import (
 // needs of them is a list by filter and a delete by topic.
 type fakeRetained struct {
 	mu   sync.Mutex
-	msgs map[string]RetainedMessage
+	msgs map[string]brokerview.RetainedMessage
 	err  error // answered by both functions when set
 }
 
 func newFakeRetained() *fakeRetained {
-	return &fakeRetained{msgs: map[string]RetainedMessage{}}
+	return &fakeRetained{msgs: map[string]brokerview.RetainedMessage{}}
 }
 
 func (f *fakeRetained) put(topic string, size int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.msgs[topic] = RetainedMessage{Topic: topic, QoS: 1, PayloadSize: size,
-		SpiffeID: "spiffe://example.org/device/sensor-0", Created: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	f.msgs[topic] = brokerview.RetainedMessage{Topic: topic, QoS: 1, PayloadSize: size,
+		SPIFFEID: "spiffe://example.org/device/sensor-0", Created: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
 }
 
 // list answers in no particular order, as a store may.
-func (f *fakeRetained) list(filter string, limit int) ([]RetainedMessage, error) {
+func (f *fakeRetained) list(filter string, limit int) ([]brokerview.RetainedMessage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
 		return nil, f.err
 	}
-	var out []RetainedMessage
+	var out []brokerview.RetainedMessage
 	for topic, m := range f.msgs {
 		if len(out) < limit && policy.TopicMatches(filter, topic) {
 			out = append(out, m)
@@ -114,6 +115,19 @@ func TestRetainedList(t *testing.T) {
 		"spiffe_id": "spiffe://example.org/device/sensor-0", "created": "2026-11-28T12:00:00Z"}}, "truncated": false}
 	if !reflect.DeepEqual(raw, want) {
 		t.Fatalf("wire form %v, want %v", raw, want)
+	}
+	// A message whose publisher is unknown has no spiffe_id at all, not
+	// an empty one (the spec's field is optional).
+	e.retained.mu.Lock()
+	e.retained.msgs["devices/c/state"] = brokerview.RetainedMessage{Topic: "devices/c/state", QoS: 0, PayloadSize: 3,
+		Created: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	e.retained.mu.Unlock()
+	raw = nil
+	get("?filter=devices/c/state").json(t, &raw)
+	want = map[string]any{"messages": []any{map[string]any{"topic": "devices/c/state", "qos": float64(0), "payload_size": float64(3),
+		"created": "2026-11-28T12:00:00Z"}}, "truncated": false}
+	if !reflect.DeepEqual(raw, want) {
+		t.Fatalf("wire form without a publisher %v, want %v", raw, want)
 	}
 
 	for _, q := range []string{

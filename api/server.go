@@ -31,6 +31,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
 )
@@ -72,7 +73,7 @@ type Config struct {
 	Verifier *identity.Verifier
 	Decider  policy.Decider
 	// Sessions lists the gateway's live MQTT sessions; nil means none.
-	Sessions func() []Session
+	Sessions func() []brokerview.Session
 	// SVIDTTL is the lifetime of signed SVIDs; zero means DefaultSVIDTTL.
 	SVIDTTL time.Duration
 	// Logger receives one line per request; nil means slog.Default().
@@ -101,21 +102,10 @@ type Config struct {
 	// ListRetained lists at most limit of the gateway's retained messages
 	// whose topics match filter (a valid MQTT filter, not a shared one);
 	// nil means there are none.
-	ListRetained func(filter string, limit int) ([]RetainedMessage, error)
+	ListRetained func(filter string, limit int) ([]brokerview.RetainedMessage, error)
 	// DeleteRetained removes the retained message of a topic name and
 	// reports whether there was one; nil means there never is.
 	DeleteRetained func(topic string) (bool, error)
-}
-
-// Session is one live MQTT session of the gateway, as GET /v1/sessions
-// reports it.
-type Session struct {
-	ClientID        string    `json:"client_id"`
-	SPIFFEID        string    `json:"spiffe_id"`
-	Device          string    `json:"device"`
-	RemoteAddr      string    `json:"remote_addr"`
-	ProtocolVersion byte      `json:"protocol_version"`
-	ConnectedAt     time.Time `json:"connected_at"`
 }
 
 // Server is the admin API server.
@@ -508,29 +498,26 @@ func routeName(rt *route) string {
 // device null).
 func (s *Server) admit(ctx context.Context, r *http.Request, id spiffeid.ID, route string) (*refusal, error) {
 	spiffeID := id.String()
-	var dev *policy.Device
-	d, err := s.cfg.Registry.GetBySPIFFEID(spiffeID)
+	dev, err := s.cfg.Registry.GetBySPIFFEID(spiffeID)
 	switch {
-	case err == nil && d.Status != registry.StatusActive:
-		return &refusal{
-			msg:    fmt.Sprintf("device %q is %s; only an active identity uses the API", d.Name, d.Status),
-			detail: fmt.Sprintf("device %s is %s: refused before the policy", d.Name, d.Status),
-		}, nil
-	case err == nil:
-		dev = &policy.Device{Name: d.Name, Labels: d.Labels, Status: string(d.Status)}
 	case errors.Is(err, registry.ErrNotFound):
 		// Not enrolled: the policy sees device null and decides.
-	default:
+		dev = nil
+	case err != nil:
 		return nil, err
+	case dev.Status != registry.StatusActive:
+		return &refusal{
+			msg:    fmt.Sprintf("device %q is %s; only an active identity uses the API", dev.Name, dev.Status),
+			detail: fmt.Sprintf("device %s is %s: refused before the policy", dev.Name, dev.Status),
+		}, nil
 	}
 
 	in := &policy.Input{
 		Action: policy.ActionAdmin,
-		Subject: &policy.Subject{
-			Identity: identityOf(id),
-			Device:   dev,
-			Client:   policy.Client{RemoteAddr: r.RemoteAddr},
-		},
+		// The subject the gateway would build for the same identity: an
+		// admin rule reads the same identity and device documents as an
+		// MQTT rule. An HTTP caller has no MQTT client ID or version.
+		Subject: policy.NewSubject(id, dev, policy.Client{RemoteAddr: r.RemoteAddr}),
 		// serve has refused every path that is not canonical, so the
 		// decoded path is exactly the one the router matched.
 		Request: &policy.Request{Method: r.Method, Path: r.URL.Path, Route: route},
@@ -549,21 +536,6 @@ func (s *Server) admit(ctx context.Context, r *http.Request, id spiffeid.ID, rou
 		detail += ": " + strings.Join(dec.Reasons, ", ")
 	}
 	return &refusal{msg: "forbidden by policy", detail: detail, decision: &dec}, nil
-}
-
-// identityOf converts a verified SPIFFE ID into the policy's identity.
-func identityOf(id spiffeid.ID) policy.Identity {
-	p := id.Path()
-	segs := []string{}
-	if p != "" {
-		segs = strings.Split(p[1:], "/")
-	}
-	return policy.Identity{
-		SPIFFEID:    id.String(),
-		TrustDomain: id.TrustDomain().Name(),
-		Path:        p,
-		Segments:    segs,
-	}
 }
 
 // recorder remembers the status written, for the log line and metrics, and

@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
@@ -70,16 +71,6 @@ type Config struct {
 	// nothing the device said is handed to new subscribers after it lost
 	// its identity. A suspension never clears them.
 	KeepRetainedOnRevoke bool
-}
-
-// Session describes one live MQTT connection.
-type Session struct {
-	ClientID        string // as the client sent it (or as it was assigned), not scoped
-	SPIFFEID        string
-	Device          string // registry name; empty when the identity is not enrolled
-	RemoteAddr      string
-	ProtocolVersion byte
-	ConnectedAt     time.Time
 }
 
 // Gateway is the MQTT broker of ztgate.
@@ -251,8 +242,8 @@ func (g *Gateway) Addr() net.Addr {
 }
 
 // Sessions lists the live connections, oldest first.
-func (g *Gateway) Sessions() []Session {
-	var out []Session
+func (g *Gateway) Sessions() []brokerview.Session {
+	var out []brokerview.Session
 	g.sessions.Range(func(_, v any) bool {
 		s := v.(*session)
 		if !s.online.Load() || s.cl.Closed() {
@@ -262,7 +253,7 @@ func (g *Gateway) Sessions() []Session {
 		if d := s.device.Load(); d != nil {
 			name = d.Name
 		}
-		out = append(out, Session{
+		out = append(out, brokerview.Session{
 			ClientID:        s.clientID,
 			SPIFFEID:        s.spiffeID,
 			Device:          name,

@@ -11,20 +11,10 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
 )
-
-// RetainedMessage describes one retained message, for the admin API.
-type RetainedMessage struct {
-	Topic       string `json:"topic"`
-	QoS         byte   `json:"qos"`
-	PayloadSize int    `json:"payload_size"`
-	// SPIFFEID is the identity that published it; empty when unknown.
-	SPIFFEID string `json:"spiffe_id"`
-	// Created is when the broker received it, to the second.
-	Created time.Time `json:"created"`
-}
 
 // RetainedMessages lists the retained messages whose topics match filter
 // (an MQTT topic filter, with MQTT's semantics: "#" is every one outside
@@ -32,8 +22,8 @@ type RetainedMessage struct {
 // sorted by topic, at most limit of them (all when limit <= 0). A filter
 // that is not a valid MQTT filter, or a server ("$") filter, matches
 // nothing. The result is never nil. It is safe for concurrent use.
-func (g *Gateway) RetainedMessages(filter string, limit int) []RetainedMessage {
-	out := []RetainedMessage{}
+func (g *Gateway) RetainedMessages(filter string, limit int) []brokerview.RetainedMessage {
+	out := []brokerview.RetainedMessage{}
 	if !isFilter(filter) || filter[0] == '$' {
 		return out
 	}
@@ -44,7 +34,7 @@ func (g *Gateway) RetainedMessages(filter string, limit int) []RetainedMessage {
 	}
 	for i := range pks {
 		pk := &pks[i]
-		out = append(out, RetainedMessage{
+		out = append(out, brokerview.RetainedMessage{
 			Topic:       pk.TopicName,
 			QoS:         pk.FixedHeader.Qos,
 			PayloadSize: len(pk.Payload),

@@ -11,6 +11,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -157,7 +158,7 @@ func TestRetainedMessagesAndDeleteRetained(t *testing.T) {
 	}
 	for i, name := range []string{"sensor-1", "sensor-2"} { // sorted by topic
 		m := all[i]
-		want := RetainedMessage{Topic: "devices/" + name + "/state", QoS: 1, PayloadSize: len(name + " up"),
+		want := brokerview.RetainedMessage{Topic: "devices/" + name + "/state", QoS: 1, PayloadSize: len(name + " up"),
 			SPIFFEID: "spiffe://example.org/device/" + name, Created: m.Created}
 		if m != want || m.Created.Before(before.Truncate(time.Second)) || m.Created.After(time.Now()) {
 			t.Errorf("message %d: %+v; want %+v created now", i, m, want)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,34 +147,10 @@ func scopedClientID(spiffeID, clientID string) string {
 	return spiffeID + " " + clientID
 }
 
-// newSubject builds the policy subject of a session.
+// newSubject builds the policy subject of a session: the one the admin API
+// would build for the same identity, with the session's connection.
 func newSubject(id spiffeid.ID, dev *registry.Device, clientID, remote string, version byte) *policy.Subject {
-	path := id.Path()
-	segments := []string{}
-	if p := strings.TrimPrefix(path, "/"); p != "" {
-		segments = strings.Split(p, "/")
-	}
-	subj := &policy.Subject{
-		Identity: policy.Identity{
-			SPIFFEID:    id.String(),
-			TrustDomain: id.TrustDomain().Name(),
-			Path:        path,
-			Segments:    segments,
-		},
-		Client: policy.Client{
-			ID:              clientID,
-			RemoteAddr:      remote,
-			ProtocolVersion: version,
-		},
-	}
-	if dev != nil {
-		labels := maps.Clone(dev.Labels)
-		if labels == nil {
-			labels = map[string]string{}
-		}
-		subj.Device = &policy.Device{Name: dev.Name, Labels: labels, Status: string(dev.Status)}
-	}
-	return subj
+	return policy.NewSubject(id, dev, policy.Client{ID: clientID, RemoteAddr: remote, ProtocolVersion: version})
 }
 
 // lookupDevice returns the registry record of spiffeID, nil when the

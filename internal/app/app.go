@@ -29,6 +29,7 @@ import (
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/gateway"
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/internal/decisionchain"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
@@ -209,13 +210,15 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		Decider:  a.decider,
 		Policy:   a.engine,
 		Ready:    a.ready,
-		Sessions: a.sessions,
+		Sessions: gw.Sessions,
 		SVIDTTL:  cfg.SVIDTTL,
 		Logger:   a.log,
 		Metrics:  a.prom,
 
-		ListRetained:   a.retained,
-		DeleteRetained: func(topic string) (bool, error) { return a.gw.DeleteRetained(topic), nil },
+		ListRetained: func(filter string, limit int) ([]brokerview.RetainedMessage, error) {
+			return gw.RetainedMessages(filter, limit), nil
+		},
+		DeleteRetained: func(topic string) (bool, error) { return gw.DeleteRetained(topic), nil },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -457,37 +460,6 @@ func parseCerts(raw []byte) ([]*x509.Certificate, error) {
 	}
 	if len(out) == 0 {
 		return nil, errors.New("no certificate in PEM")
-	}
-	return out, nil
-}
-
-func (a *App) sessions() []api.Session {
-	ss := a.gw.Sessions()
-	out := make([]api.Session, 0, len(ss))
-	for _, s := range ss {
-		out = append(out, api.Session{
-			ClientID:        s.ClientID,
-			SPIFFEID:        s.SPIFFEID,
-			Device:          s.Device,
-			RemoteAddr:      s.RemoteAddr,
-			ProtocolVersion: s.ProtocolVersion,
-			ConnectedAt:     s.ConnectedAt,
-		})
-	}
-	return out
-}
-
-func (a *App) retained(filter string, limit int) ([]api.RetainedMessage, error) {
-	ms := a.gw.RetainedMessages(filter, limit)
-	out := make([]api.RetainedMessage, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, api.RetainedMessage{
-			Topic:       m.Topic,
-			QoS:         m.QoS,
-			PayloadSize: m.PayloadSize,
-			SpiffeID:    m.SPIFFEID,
-			Created:     m.Created,
-		})
 	}
 	return out, nil
 }

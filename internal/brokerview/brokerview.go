@@ -1,0 +1,36 @@
+// Package brokerview holds the gateway's MQTT state as the admin API
+// reports it: live sessions and retained messages. The gateway fills these
+// types and the API serves them as they are, so neither package imports the
+// other and no copy sits between them. The JSON tags are the wire format of
+// GET /v1/sessions and GET /v1/retained (api/openapi.yaml).
+//
+// It imports nothing of the project, so every package may use it.
+package brokerview
+
+import "time"
+
+// Session is one live MQTT connection.
+type Session struct {
+	// ClientID is the client ID as the client sent it (or as it was
+	// assigned), never the gateway's scoped one.
+	ClientID string `json:"client_id"`
+	SPIFFEID string `json:"spiffe_id"`
+	// Device is the registry name; empty when the identity is not enrolled.
+	Device          string    `json:"device"`
+	RemoteAddr      string    `json:"remote_addr"`
+	ProtocolVersion byte      `json:"protocol_version"`
+	ConnectedAt     time.Time `json:"connected_at"`
+}
+
+// RetainedMessage is one retained message: no payload, which is the
+// devices' data.
+type RetainedMessage struct {
+	Topic       string `json:"topic"`
+	QoS         byte   `json:"qos"`
+	PayloadSize int    `json:"payload_size"`
+	// SPIFFEID is the identity that published it; empty, and left out of
+	// the JSON, when unknown.
+	SPIFFEID string `json:"spiffe_id,omitempty"`
+	// Created is when the broker received it, to the second.
+	Created time.Time `json:"created"`
+}
