@@ -86,14 +86,15 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	if !ok {
 		return refuse("not a TLS connection")
 	}
-	// PeerID verifies the chain now, expiry included: a resumed TLS
+	// VerifyPeer verifies the chain now, expiry included: a resumed TLS
 	// session, which skips the handshake's own verification, gets no
-	// further than a full handshake would.
-	id, err := g.verifier.PeerID(cs)
+	// further than a full handshake would. The expiry it returns is that
+	// of the chain it verified, not of whatever else the peer sent.
+	peer, err := g.verifier.VerifyPeer(cs)
 	if err != nil {
 		return refuse("peer identity not verified", "err", err)
 	}
-	notAfter := chainNotAfter(cs.PeerCertificates)
+	id, notAfter := peer.ID, peer.Expires
 	spiffeID := id.String()
 	if strings.IndexByte(spiffeID, ' ') >= 0 {
 		// Cannot happen with a valid SPIFFE ID; the client ID scoping

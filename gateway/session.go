@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"crypto/x509"
 	"errors"
 	"log/slog"
 	"maps"
@@ -117,19 +116,6 @@ func (s *session) stopExpiry() {
 	if s.expiry != nil {
 		s.expiry.Stop()
 	}
-}
-
-// chainNotAfter returns the earliest expiry in a certificate chain: a
-// chain is valid only while every certificate in it is. An empty chain has
-// expired.
-func chainNotAfter(chain []*x509.Certificate) time.Time {
-	var t time.Time
-	for i, c := range chain {
-		if i == 0 || c.NotAfter.Before(t) {
-			t = c.NotAfter
-		}
-	}
-	return t
 }
 
 // filterDecision is the subscribe decision on one filter of a SUBSCRIBE.

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -70,53 +71,105 @@ func (v *Verifier) TrustDomains() []spiffeid.TrustDomain {
 	return tds
 }
 
-// Verify applies go-spiffe's x509svid rules plus ztgate's: digitalSignature
-// key usage, non-empty path, served trust domain.
+// Verified is what a successful verification establishes about a peer.
+type Verified struct {
+	// ID is the peer's SPIFFE ID.
+	ID spiffeid.ID
+	// Expires is when the verified chain stops being valid: the earliest
+	// NotAfter on it, trust anchor included. A connection authenticated
+	// with the chain must not outlive it.
+	Expires time.Time
+}
+
+// Verify is VerifyChain for callers that need only the SPIFFE ID.
+func (v *Verifier) Verify(chain []*x509.Certificate) (spiffeid.ID, error) {
+	got, err := v.VerifyChain(chain)
+	return got.ID, err
+}
+
+// VerifyChain applies go-spiffe's x509svid rules plus ztgate's:
+// digitalSignature key usage, non-empty path, served trust domain.
 //
 // chain is the peer's chain as sent, leaf first. The returned error wraps
-// the cause and starts with "identity:".
-func (v *Verifier) Verify(chain []*x509.Certificate) (spiffeid.ID, error) {
+// the cause and starts with "identity:"; with an error, the Verified is zero.
+func (v *Verifier) VerifyChain(chain []*x509.Certificate) (Verified, error) {
 	if v == nil {
-		return spiffeid.ID{}, errors.New("identity: no verifier configured")
+		return Verified{}, errors.New("identity: no verifier configured")
 	}
 	if len(chain) == 0 {
-		return spiffeid.ID{}, ErrNoCertificate
+		return Verified{}, ErrNoCertificate
 	}
 	for _, c := range chain {
 		if c == nil {
-			return spiffeid.ID{}, errors.New("identity: nil certificate in chain")
+			return Verified{}, errors.New("identity: nil certificate in chain")
 		}
 	}
 	// Cheap checks first, so an unserved trust domain is named as such
 	// instead of as a missing bundle deep in a chain error.
 	id, err := x509svid.IDFromCert(chain[0])
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("identity: leaf SPIFFE ID: %w", err)
+		return Verified{}, fmt.Errorf("identity: leaf SPIFFE ID: %w", err)
 	}
 	if !v.bundles.Has(id.TrustDomain()) {
-		return spiffeid.ID{}, fmt.Errorf("identity: trust domain %q of %s is not served", id.TrustDomain(), id)
+		return Verified{}, fmt.Errorf("identity: trust domain %q of %s is not served", id.TrustDomain(), id)
 	}
-	id, _, err = x509svid.Verify(chain, v.bundles)
+	id, verified, err := x509svid.Verify(chain, v.bundles)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("identity: %w", err)
+		return Verified{}, fmt.Errorf("identity: %w", err)
 	}
 	if err := checkLeaf(chain[0], id); err != nil {
-		return spiffeid.ID{}, err
+		return Verified{}, err
 	}
-	return id, nil
+	expires, err := chainsExpire(verified)
+	if err != nil {
+		return Verified{}, err
+	}
+	return Verified{ID: id, Expires: expires}, nil
 }
 
 // PeerID returns the verified SPIFFE ID of the peer of a completed handshake,
 // re-verifying the chain.
+func (v *Verifier) PeerID(cs tls.ConnectionState) (spiffeid.ID, error) {
+	got, err := v.VerifyPeer(cs)
+	return got.ID, err
+}
+
+// VerifyPeer is VerifyChain on the peer chain of a completed handshake.
 //
 // Re-verifying (one signature check per certificate) rather than trusting
 // state saved at handshake time means a bundle removed or replaced since
 // then is honoured at the next CONNECT.
-func (v *Verifier) PeerID(cs tls.ConnectionState) (spiffeid.ID, error) {
+func (v *Verifier) VerifyPeer(cs tls.ConnectionState) (Verified, error) {
 	if !cs.HandshakeComplete {
-		return spiffeid.ID{}, errors.New("identity: TLS handshake not complete")
+		return Verified{}, errors.New("identity: TLS handshake not complete")
 	}
-	return v.Verify(cs.PeerCertificates)
+	return v.VerifyChain(cs.PeerCertificates)
+}
+
+// chainsExpire is when the last of the verified chains expires, each chain
+// expiring with its earliest certificate. Certificates the peer sent that
+// are on no verified path do not count; the trust anchor, which the peer
+// need not send, does. With several paths the peer is authenticated while
+// any one of them is valid, as a verification at that moment would find.
+func chainsExpire(chains [][]*x509.Certificate) (time.Time, error) {
+	var latest time.Time
+	for _, chain := range chains {
+		var first time.Time
+		for i, c := range chain {
+			if i == 0 || c.NotAfter.Before(first) {
+				first = c.NotAfter
+			}
+		}
+		if first.After(latest) {
+			latest = first
+		}
+	}
+	if latest.IsZero() {
+		// x509 verification returns at least one non-empty chain on
+		// success; should it not, nothing bounds the connection.
+		return time.Time{}, errors.New("identity: verification returned no chain")
+	}
+	return latest, nil
 }
 
 // checkLeaf holds the X.509-SVID rules go-spiffe's Verify leaves out.

@@ -172,14 +172,14 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		return nil, fmt.Errorf("app: start: %w", err)
 	}
 
-	certs, err := newServingCert(a.ca, spiffeid.RequireFromPath(a.td, ServerIDPath), cfg.ServerNames, a.log)
+	certs, err := identity.NewServingCertSource(a.ca, spiffeid.RequireFromPath(a.td, ServerIDPath), cfg.ServerNames, a.log)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("app: %w", err)
 	}
 
 	gw, err := gateway.New(gateway.Config{
 		Addr:     cfg.MQTTAddr,
-		TLS:      certs.serverTLS(a.verifier),
+		TLS:      certs.ServerTLSConfig(a.verifier),
 		Verifier: a.verifier,
 		Registry: a.reg,
 		Decider:  a.decider,
@@ -203,7 +203,7 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 
 	srv, err := api.New(api.Config{
 		Addr:     cfg.APIAddr,
-		TLS:      certs.apiTLS(a.verifier),
+		TLS:      certs.APIServerTLSConfig(a.verifier),
 		Registry: a.reg,
 		CA:       a.ca,
 		Verifier: a.verifier,

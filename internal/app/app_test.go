@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ztgate/ztgate/identity"
@@ -211,32 +210,6 @@ func TestServingCertificate(t *testing.T) {
 			t.Errorf("serving certificate SPIFFE ID = %v, %v; want spiffe://example.org/ztgate", id, err)
 		}
 		conn.Close()
-	}
-}
-
-func TestServingCertRenews(t *testing.T) {
-	ca, err := identity.LoadOrCreateCA(t.TempDir(), spiffeid.RequireTrustDomainFromString("example.org"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := newServingCert(ca, spiffeid.RequireFromString("spiffe://example.org/ztgate"), nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := s.get(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if again, _ := s.get(nil); again != first {
-		t.Fatal("certificate renewed although it is fresh")
-	}
-	s.now = func() time.Time { return time.Now().Add(ServingCertTTL * 3 / 4) }
-	renewed, err := s.get(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if renewed == first || renewed.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 {
-		t.Fatal("certificate not renewed after two thirds of its lifetime")
 	}
 }
 
