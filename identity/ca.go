@@ -201,6 +201,16 @@ func (ca *CA) Bundle() *x509bundle.Bundle {
 	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
 }
 
+// GetX509BundleForTrustDomain makes the CA an x509bundle.Source: td's bundle
+// is a new bundle holding the CA certificate; any other trust domain is an
+// error.
+func (ca *CA) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if td != ca.td {
+		return nil, fmt.Errorf("identity: the built-in CA holds no bundle for trust domain %q", td)
+	}
+	return ca.Bundle(), nil
+}
+
 // BundlePEM is the CA certificate in PEM: the bundle.pem clients trust.
 func (ca *CA) BundlePEM() []byte { return encodeCertificatesPEM(ca.cert) }
 

@@ -2,16 +2,20 @@ package identity
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // ServingCertTTL is the lifetime of the gateway's serving certificate. It is
@@ -36,6 +40,7 @@ type ServingCertSource struct {
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
+	svid    *x509svid.SVID
 	renewAt time.Time
 	expires time.Time
 }
@@ -101,7 +106,19 @@ func (s *ServingCertSource) issue() error {
 	if caRaw := s.ca.Certificate().Raw; len(cert.Certificate) < 2 || !bytes.Equal(cert.Certificate[len(cert.Certificate)-1], caRaw) {
 		cert.Certificate = append(cert.Certificate, caRaw)
 	}
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return errors.New("issued key is not a signer")
+	}
+	certs := make([]*x509.Certificate, len(cert.Certificate))
+	certs[0] = leaf
+	for i := 1; i < len(cert.Certificate); i++ {
+		if certs[i], err = x509.ParseCertificate(cert.Certificate[i]); err != nil {
+			return err
+		}
+	}
 	s.cert = &cert
+	s.svid = &x509svid.SVID{ID: s.id, Certificates: certs, PrivateKey: signer}
 	s.expires = leaf.NotAfter
 	s.renewAt = leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 2 / 3)
 	return nil
@@ -113,15 +130,41 @@ func (s *ServingCertSource) issue() error {
 func (s *ServingCertSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now := s.now(); now.After(s.renewAt) {
-		if err := s.issue(); err != nil {
-			if now.After(s.expires) {
-				return nil, fmt.Errorf("identity: serving certificate expired and renewal failed: %w", err)
-			}
-			s.log.Error("serving certificate renewal failed", "err", err)
-		}
+	if err := s.renew(); err != nil {
+		return nil, err
 	}
 	return s.cert, nil
+}
+
+// GetX509SVID makes the source an x509svid.Source: the current serving
+// SVID (chain ending with the CA), renewed as GetCertificate renews it.
+// The caller gets its own copy of the chain slice.
+func (s *ServingCertSource) GetX509SVID() (*x509svid.SVID, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.renew(); err != nil {
+		return nil, err
+	}
+	svid := *s.svid
+	svid.Certificates = slices.Clone(s.svid.Certificates)
+	return &svid, nil
+}
+
+// renew issues a new certificate once the renewal point has passed; the
+// caller holds s.mu. Only an expired certificate that cannot be renewed is
+// an error.
+func (s *ServingCertSource) renew() error {
+	now := s.now()
+	if !now.After(s.renewAt) {
+		return nil
+	}
+	if err := s.issue(); err != nil {
+		if now.After(s.expires) {
+			return fmt.Errorf("identity: serving certificate expired and renewal failed: %w", err)
+		}
+		s.log.Error("serving certificate renewal failed", "err", err)
+	}
+	return nil
 }
 
 // ServerTLSConfig is ServerTLSConfig with the certificate served through
@@ -143,10 +186,72 @@ func (s *ServingCertSource) current() tls.Certificate {
 	return *s.cert
 }
 
-// serve swaps cfg's fixed certificate for s: crypto/tls consults
+// serve swaps cfg's fixed certificate for s, through the x509svid.Source
+// interface any SVID source will be served by: crypto/tls consults
 // GetCertificate only when Certificates is empty.
 func (s *ServingCertSource) serve(cfg *tls.Config) *tls.Config {
 	cfg.Certificates = nil
-	cfg.GetCertificate = s.GetCertificate
+	cfg.GetCertificate = GetCertificate(s, s.ca)
 	return cfg
+}
+
+// GetCertificate adapts an x509svid.Source to tls.Config.GetCertificate,
+// asking svids for the current SVID at every handshake.
+//
+// The chain served ends with the trust anchor: a device enrolling with a
+// bootstrap token has no bundle yet and checks the CA in the chain against
+// its pin. A source whose chain stops below the anchor (the Workload API
+// sends none) gets it appended from anchors, the bundle of the SVID's trust
+// domain; nil anchors serves the chain as the source gives it.
+//
+// Unlike go-spiffe's tlsconfig.GetCertificate, an SVID without
+// certificates or key is an error, not a panic.
+func GetCertificate(svids x509svid.Source, anchors x509bundle.Source) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if svids == nil {
+			return nil, errors.New("identity: no SVID source")
+		}
+		svid, err := svids.GetX509SVID()
+		if err != nil {
+			return nil, fmt.Errorf("identity: serving SVID: %w", err)
+		}
+		if svid == nil || len(svid.Certificates) == 0 || svid.PrivateKey == nil {
+			return nil, errors.New("identity: serving SVID: source returned no certificate or key")
+		}
+		cert := &tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+		for _, c := range svid.Certificates {
+			if c == nil {
+				return nil, errors.New("identity: serving SVID: nil certificate in chain")
+			}
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+		if anchor := anchorFor(svid, anchors); anchor != nil {
+			cert.Certificate = append(cert.Certificate, anchor.Raw)
+		}
+		return cert, nil
+	}
+}
+
+// anchorFor is the authority of anchors that signed the last certificate
+// of svid's chain, or nil when that certificate already is one, or none
+// matches. The anchor only helps a pinning client; the client's own
+// verification decides, so nothing here fails the handshake.
+func anchorFor(svid *x509svid.SVID, anchors x509bundle.Source) *x509.Certificate {
+	if anchors == nil {
+		return nil
+	}
+	b, err := anchors.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+	if err != nil || b == nil {
+		return nil
+	}
+	last := svid.Certificates[len(svid.Certificates)-1]
+	if b.HasX509Authority(last) {
+		return nil
+	}
+	for _, a := range b.X509Authorities() {
+		if last.CheckSignatureFrom(a) == nil {
+			return a
+		}
+	}
+	return nil
 }

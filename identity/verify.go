@@ -5,6 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -15,27 +18,60 @@ import (
 // ErrNoCertificate is returned (wrapped) when the peer presented no certificate.
 var ErrNoCertificate = errors.New("identity: no client certificate")
 
-// Verifier checks peer chains against trust bundles of the trust domains we serve.
-// It is safe for concurrent use; bundles may be set or removed at any time
-// and apply to the next verification.
+// Verifier checks peer chains against the trust bundles of the trust
+// domains it serves. It is safe for concurrent use.
+//
+// The bundles come from an x509bundle.Source, asked for the peer's trust
+// domain at every verification, so a bundle the source changes applies to
+// the next handshake. Bundles set with SetBundle are held by the verifier
+// and take precedence over the source for their trust domain.
 type Verifier struct {
-	bundles *x509bundle.Set
+	source x509bundle.Source // nil: only the bundles set with SetBundle
+
+	mu     sync.RWMutex
+	served map[spiffeid.TrustDomain]bool
+	pinned *x509bundle.Set
 }
 
 // NewVerifier returns a verifier serving exactly the trust domains of the
-// given bundles. Nil bundles and bundles without a trust domain or
-// authorities are skipped, which leaves their trust domain unserved.
+// given bundles, which it holds itself. Nil bundles and bundles without a
+// trust domain or authorities are skipped, which leaves their trust domain
+// unserved.
 func NewVerifier(bundles ...*x509bundle.Bundle) *Verifier {
-	v := &Verifier{bundles: x509bundle.NewSet()}
+	v := newVerifier(nil)
 	for _, b := range bundles {
 		_ = v.SetBundle(b)
 	}
 	return v
 }
 
+// NewVerifierFromSource returns a verifier serving the trust domains tds
+// with the bundles src holds for them at each verification. The built-in
+// CA is such a source.
+func NewVerifierFromSource(src x509bundle.Source, tds ...spiffeid.TrustDomain) (*Verifier, error) {
+	if src == nil {
+		return nil, errors.New("identity: verifier: nil bundle source")
+	}
+	if len(tds) == 0 {
+		return nil, errors.New("identity: verifier: no trust domain to serve")
+	}
+	v := newVerifier(src)
+	for _, td := range tds {
+		if td.IsZero() {
+			return nil, errors.New("identity: verifier: empty trust domain")
+		}
+		v.served[td] = true
+	}
+	return v, nil
+}
+
+func newVerifier(src x509bundle.Source) *Verifier {
+	return &Verifier{source: src, served: map[spiffeid.TrustDomain]bool{}, pinned: x509bundle.NewSet()}
+}
+
 // SetBundle serves b's trust domain with b's authorities, replacing any
-// bundle held for it. The verifier keeps a copy: later changes to b do not
-// change what it trusts.
+// bundle held for it and, for that trust domain, the source. The verifier
+// keeps a copy: later changes to b do not change what it trusts.
 func (v *Verifier) SetBundle(b *x509bundle.Bundle) error {
 	switch {
 	case v == nil:
@@ -47,15 +83,22 @@ func (v *Verifier) SetBundle(b *x509bundle.Bundle) error {
 	case b.Empty():
 		return fmt.Errorf("identity: bundle for %q has no authorities", b.TrustDomain())
 	}
-	v.bundles.Add(b.Clone())
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.pinned.Add(b.Clone())
+	v.served[b.TrustDomain()] = true
 	return nil
 }
 
-// RemoveBundle stops serving td.
+// RemoveBundle stops serving td, whatever the source holds for it.
 func (v *Verifier) RemoveBundle(td spiffeid.TrustDomain) {
-	if v != nil {
-		v.bundles.Remove(td)
+	if v == nil {
+		return
 	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.served, td)
+	v.pinned.Remove(td)
 }
 
 // TrustDomains lists the served trust domains, sorted.
@@ -63,13 +106,47 @@ func (v *Verifier) TrustDomains() []spiffeid.TrustDomain {
 	if v == nil {
 		return nil
 	}
-	bs := v.bundles.Bundles()
-	tds := make([]spiffeid.TrustDomain, len(bs))
-	for i, b := range bs {
-		tds[i] = b.TrustDomain()
+	v.mu.RLock()
+	tds := make([]spiffeid.TrustDomain, 0, len(v.served))
+	for td := range v.served {
+		tds = append(tds, td)
 	}
+	v.mu.RUnlock()
+	slices.SortFunc(tds, func(a, b spiffeid.TrustDomain) int { return strings.Compare(a.String(), b.String()) })
 	return tds
 }
+
+// bundleFor is the bundle to verify a peer of td against at this moment.
+// A bundle from the source is checked to be td's and to hold authorities,
+// so a faulty source fails closed with a clear error.
+func (v *Verifier) bundleFor(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	v.mu.RLock()
+	served := v.served[td]
+	pinned, hasPinned := v.pinned.Get(td)
+	v.mu.RUnlock()
+	switch {
+	case !served:
+		return nil, errNotServed
+	case hasPinned:
+		return pinned, nil
+	case v.source == nil:
+		return nil, fmt.Errorf("identity: no bundle for trust domain %q", td)
+	}
+	// Asked outside the lock: a source may block (the Workload API).
+	b, err := v.source.GetX509BundleForTrustDomain(td)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("identity: bundle for trust domain %q: %w", td, err)
+	case b == nil || b.TrustDomain() != td:
+		return nil, fmt.Errorf("identity: bundle source returned no bundle for trust domain %q", td)
+	case b.Empty():
+		return nil, fmt.Errorf("identity: bundle for trust domain %q has no authorities", td)
+	}
+	return b, nil
+}
+
+// errNotServed lets VerifyChain name the peer in the not-served error.
+var errNotServed = errors.New("not served")
 
 // Verified is what a successful verification establishes about a peer.
 type Verified struct {
@@ -110,10 +187,14 @@ func (v *Verifier) VerifyChain(chain []*x509.Certificate) (Verified, error) {
 	if err != nil {
 		return Verified{}, fmt.Errorf("identity: leaf SPIFFE ID: %w", err)
 	}
-	if !v.bundles.Has(id.TrustDomain()) {
+	bundle, err := v.bundleFor(id.TrustDomain())
+	if errors.Is(err, errNotServed) {
 		return Verified{}, fmt.Errorf("identity: trust domain %q of %s is not served", id.TrustDomain(), id)
 	}
-	id, verified, err := x509svid.Verify(chain, v.bundles)
+	if err != nil {
+		return Verified{}, err
+	}
+	id, verified, err := x509svid.Verify(chain, bundle)
 	if err != nil {
 		return Verified{}, fmt.Errorf("identity: %w", err)
 	}

@@ -113,7 +113,12 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	if a.ca, err = identity.LoadOrCreateCA(filepath.Join(cfg.DataDir, "ca"), a.td); err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}
-	a.verifier = identity.NewVerifier(a.ca.Bundle())
+	// The CA is the bundle source of the trust domain, asked at every
+	// verification; files or the Workload API can replace it behind
+	// the same interface.
+	if a.verifier, err = identity.NewVerifierFromSource(a.ca, a.td); err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
 
 	if a.reg, err = registry.Open(filepath.Join(cfg.DataDir, "registry.db")); err != nil {
 		return nil, fmt.Errorf("app: %w", err)
