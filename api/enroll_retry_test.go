@@ -3,25 +3,19 @@ package api
 import (
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/registry"
 )
 
 // csrFor returns a fresh PEM CSR for an existing key.
 func csrFor(t *testing.T, key *ecdsa.PrivateKey) []byte {
 	t.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+	return testpki.CSRPEM(t, key, nil)
 }
 
 // A device whose answer was lost retries with the key it sent: within the

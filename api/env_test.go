@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -29,6 +27,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/policy/defaultpolicy"
 	"github.com/ztgate/ztgate/registry"
@@ -421,37 +420,13 @@ func defaultEngine(t *testing.T) *policy.Engine {
 // newCSR returns a key and a PEM CSR made with tmpl.
 func newCSR(t *testing.T, tmpl *x509.CertificateRequest) (*ecdsa.PrivateKey, []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tmpl == nil {
-		tmpl = &x509.CertificateRequest{}
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+	key := testpki.NewKey(t)
+	return key, testpki.CSRPEM(t, key, tmpl)
 }
 
-// lockedBuffer is an io.Writer safe for the server's concurrent logging.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// lockedBuffer is the server's log, written concurrently, plus a reader
+// of its request lines.
+type lockedBuffer struct{ testpki.LogBuffer }
 
 // requestLogs returns the decoded "api request" log lines.
 func (b *lockedBuffer) requestLogs(t *testing.T) []map[string]any {

@@ -75,7 +75,7 @@ func TestDenyFloodAggregated(t *testing.T) {
 	}
 	mustClose(t, l)
 
-	size := len(out.buf.Bytes())
+	size := len(out.Bytes())
 	es := ids(t, out.entries(t))
 	full, aggs := tally(values(es))
 	if len(full) != 5 {
@@ -329,7 +329,7 @@ func TestDenyFloodRealEngine(t *testing.T) {
 	}
 	other := d.Decide(ctx, publish("sensor-2", "devices/sensor-1/telemetry/t"))
 	mustClose(t, l)
-	size := len(out.buf.Bytes())
+	size := len(out.Bytes())
 	full, aggs := accounted(t, out.entries(t), n+1)
 	if len(full) != 2 || len(aggs) != 1 || full[1].DecisionID != other.ID {
 		t.Fatalf("%d full entries, %d aggregates", len(full), len(aggs))

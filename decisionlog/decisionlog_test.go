@@ -22,27 +22,17 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/decisionlog"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
 // lockedBuffer is a Writer the writer goroutine and the test can share.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type lockedBuffer struct{ testpki.LogBuffer }
 
 func (b *lockedBuffer) entries(t *testing.T) []decisionlog.Entry {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return parseEntries(t, b.buf.Bytes())
+	return parseEntries(t, b.Bytes())
 }
 
 func parseEntries(t *testing.T, data []byte) []decisionlog.Entry {
@@ -250,9 +240,7 @@ func TestEntryShape(t *testing.T) {
 	mustClose(t, l)
 	after := time.Now()
 
-	out.mu.Lock()
-	lines := strings.Split(strings.TrimSuffix(out.buf.String(), "\n"), "\n")
-	out.mu.Unlock()
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	if len(lines) != len(cases) {
 		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(cases), strings.Join(lines, "\n"))
 	}
@@ -331,7 +319,7 @@ func TestErrorField(t *testing.T) {
 	got := l.Wrap(fixed).Decide(context.Background(), publish("a", "error/x"))
 	mustClose(t, l)
 	var raw map[string]any
-	if err := json.Unmarshal(out.buf.Bytes(), &raw); err != nil {
+	if err := json.Unmarshal(out.Bytes(), &raw); err != nil {
 		t.Fatal(err)
 	}
 	if raw["error"] != "policy: evaluation timed out" || raw["decision_id"] != got.ID {
@@ -657,8 +645,8 @@ func TestWriteFailure(t *testing.T) {
 	if s := l.Stats(); s.Written != 1 || s.Failed != 1 {
 		t.Fatalf("Stats = %+v", s)
 	}
-	if !strings.Contains(errs.buf.String(), "write failed") {
-		t.Fatalf("failure not reported: %q", errs.buf.String())
+	if !strings.Contains(errs.String(), "write failed") {
+		t.Fatalf("failure not reported: %q", errs.String())
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/policy"
 )
 
@@ -120,7 +121,7 @@ func TestRepeatedDenialsAggregated(t *testing.T) {
 // session goes on and says nothing more: the gateway's one timer writes it.
 func TestRepeatedDenialsSummarizedWhenTheIntervalEnds(t *testing.T) {
 	g := newIdleGateway(t, &recorder{allow: func(*policy.Input) bool { return false }})
-	logs := &syncBuffer{}
+	logs := &testpki.LogBuffer{}
 	g.log = slog.New(slog.NewTextHandler(logs, nil))
 	g.denials.interval.Store(int64(200 * time.Millisecond))
 	deny := func(cl *mqtt.Client) {
@@ -170,7 +171,7 @@ func TestRepeatedDenialsSummarizedWhenTheIntervalEnds(t *testing.T) {
 // memory or its log beyond that.
 func TestDenialKindsBounded(t *testing.T) {
 	g := newIdleGateway(t, &recorder{allow: func(*policy.Input) bool { return false }})
-	logs := &syncBuffer{}
+	logs := &testpki.LogBuffer{}
 	g.log = slog.New(slog.NewTextHandler(logs, nil))
 	g.denials.interval.Store(int64(24 * time.Hour))
 	cl, s := g.addSession("sensor-1", nil, 5)

@@ -2,16 +2,9 @@ package gateway
 
 import (
 	"bufio"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/metrics"
 )
 
@@ -149,40 +143,17 @@ func (e *env) signedSVID(id spiffeid.ID, notBefore, notAfter time.Time) *tls.Con
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	block, _ := pem.Decode(raw)
-	if block == nil {
-		e.t.Fatal("CA key: no PEM block")
-	}
-	caKey, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		if caKey, err = x509.ParseECPrivateKey(block.Bytes); err != nil {
-			e.t.Fatalf("CA key: %v", err)
-		}
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(notAfter.UnixNano()),
-		Subject:               pkix.Name{Organization: []string{"ztgate test"}},
-		URIs:                  []*url.URL{id.URL()},
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	caKey := testpki.ParseSigner(e.t, raw)
+	tmpl := testpki.LeafTemplate(e.t, id.String())
+	tmpl.Subject = pkix.Name{Organization: []string{"ztgate test"}}
+	tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
 	caCert := e.ca.Certificate()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey.(crypto.Signer))
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	cert := testpki.SignLeaf(e.t, tmpl, caCert, caKey)
 	roots := x509.NewCertPool()
 	roots.AddCert(caCert)
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der, caCert.Raw}, PrivateKey: key}},
+		Certificates: []tls.Certificate{cert},
 		RootCAs:      roots,
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
 )
@@ -83,24 +84,6 @@ var allowAll = policy.DeciderFunc(func(context.Context, *policy.Input) policy.De
 	return policy.Decision{Allow: true}
 })
 
-// syncBuffer is a log sink tests can read while the gateway writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type env struct {
 	t      testing.TB
 	ca     *identity.CA
@@ -109,7 +92,7 @@ type env struct {
 	gw     *Gateway
 	addr   string
 	bundle []byte
-	logs   *syncBuffer
+	logs   *testpki.LogBuffer
 }
 
 // newEnv starts a gateway on 127.0.0.1:0 with a fresh CA and registry.
@@ -139,7 +122,7 @@ func newEnvWith(t testing.TB, d policy.Decider, mod func(*Config)) *env {
 		t.Fatalf("server cert: %v", err)
 	}
 	v := identity.NewVerifier(ca.Bundle())
-	logs := &syncBuffer{}
+	logs := &testpki.LogBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	if os.Getenv("ZTGATE_TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, os.Stderr), &slog.HandlerOptions{Level: slog.LevelDebug}))

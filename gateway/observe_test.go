@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/decisionlog"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/registry"
 )
@@ -95,7 +96,7 @@ func TestMetricsCountSessionsConnectionsAndCuts(t *testing.T) {
 }
 
 func TestDenyTracedToDecisionLog(t *testing.T) {
-	out := &syncBuffer{}
+	out := &testpki.LogBuffer{}
 	dl, err := decisionlog.New(decisionlog.Config{Writer: out, SampleAllow: 0})
 	if err != nil {
 		t.Fatal(err)

@@ -2,9 +2,6 @@ package identity_test
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -17,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testpki"
 )
 
 var (
@@ -54,23 +52,8 @@ func leafTemplate(id spiffeid.ID) *x509.Certificate {
 // issuer) and a TLS certificate for it.
 func signLeaf(t *testing.T, tmpl, issuer *x509.Certificate, issuerKey crypto.Signer) ([]*x509.Certificate, tls.Certificate) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), issuerKey)
-	if err != nil {
-		t.Fatalf("CreateCertificate: %v", err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return []*x509.Certificate{leaf, issuer}, tls.Certificate{
-		Certificate: [][]byte{der, issuer.Raw},
-		PrivateKey:  key,
-		Leaf:        leaf,
-	}
+	cert := testpki.SignLeaf(t, tmpl, issuer, issuerKey)
+	return []*x509.Certificate{cert.Leaf, issuer}, cert
 }
 
 func mustURL(t *testing.T, s string) *url.URL {

@@ -1,12 +1,8 @@
 package test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/internal/testutil"
 )
 
@@ -206,17 +203,9 @@ func plainCSR(t *testing.T) string {
 // csrWithSAN is a CSR that asks for a SPIFFE ID of its choosing.
 func csrWithSAN(t *testing.T) string {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+	return string(testpki.CSRPEM(t, testpki.NewKey(t), &x509.CertificateRequest{
 		URIs: []*url.URL{{Scheme: "spiffe", Host: "example.org", Path: "/admin/dev"}},
-	}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	}))
 }
 
 // operation is one operation of api/openapi.yaml.

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +25,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testpki"
 )
 
 // buildZtgate builds the ztgate command into a temporary directory.
@@ -62,7 +62,7 @@ func freeAddr(t *testing.T) string {
 // gatewayProc is `ztgate dev` running as a child process.
 type gatewayProc struct {
 	cmd  *exec.Cmd
-	out  *lockedBuf // stdout and stderr together
+	out  *testpki.LogBuffer // stdout and stderr together
 	done chan struct{}
 	err  error // of Wait, once done is closed
 }
@@ -71,7 +71,7 @@ type gatewayProc struct {
 // The process is killed when the test ends if it still runs.
 func startGatewayProc(t *testing.T, bin, dataDir, mqttAddr, apiAddr string) *gatewayProc {
 	t.Helper()
-	p := &gatewayProc{out: &lockedBuf{}, done: make(chan struct{})}
+	p := &gatewayProc{out: &testpki.LogBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "dev", "--data-dir", dataDir, "--mqtt-addr", mqttAddr, "--api-addr", apiAddr,
 		"--decision-log-enabled=false")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -327,24 +327,6 @@ func (f caFiles) checkPair(t *testing.T) {
 	if _, err := tls.X509KeyPair(f.certPEM, f.keyPEM); err != nil {
 		t.Fatalf("CA key does not load as the key of the CA certificate: %v", err)
 	}
-}
-
-// lockedBuf is an io.Writer for a child's output, safe for concurrent use.
-type lockedBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // addrInUse reports whether a child's output says a listen address was

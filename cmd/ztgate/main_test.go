@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testpki"
 )
 
 // result is one in-process run of the command line.
@@ -28,30 +28,12 @@ type result struct {
 	stdout, stderr string
 }
 
-// syncBuffer is a bytes.Buffer safe for a command writing while a test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // ztgate runs the command line in-process with env as the environment.
 func ztgate(t *testing.T, env map[string]string, stdin string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb testpki.LogBuffer
 	code := execute(ctx, args, strings.NewReader(stdin), &out, &errb, func(k string) string { return env[k] })
 	return result{code: code, stdout: out.String(), stderr: errb.String()}
 }
@@ -449,7 +431,7 @@ func TestHelpEverywhere(t *testing.T) {
 
 // background is a long-running command (dev, serve) run in-process.
 type background struct {
-	out, errb syncBuffer
+	out, errb testpki.LogBuffer
 	cancel    context.CancelFunc
 	done      chan struct{} // closed on exit
 	code      int
@@ -610,7 +592,7 @@ func runMosquittoQuickstart(t *testing.T, dir, pub, sub string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var subOut syncBuffer
+	var subOut testpki.LogBuffer
 	subCmd := exec.CommandContext(ctx, "sh", "-c", sub+" -C 1")
 	subCmd.Dir = dir
 	subCmd.Stdout = &subOut

@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -25,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -43,7 +41,7 @@ type gateway struct {
 
 func startGateway(t *testing.T, ttl time.Duration) *gateway {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testpki.LogBuffer{}
 	cfg := app.DefaultConfig()
 	cfg.DataDir = filepath.Join(t.TempDir(), "data")
 	cfg.MQTTAddr = "127.0.0.1:0"
@@ -89,15 +87,8 @@ func (g *gateway) enroll(t *testing.T, name, idPath string, labels map[string]st
 	if _, err := g.app.Registry().Create(registry.Device{Name: name, SPIFFEID: id.String(), Labels: labels}); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := g.app.CA().SignCSR(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), id, g.ttl)
+	key := testpki.NewKey(t)
+	chain, err := g.app.CA().SignCSR(testpki.CSRPEM(t, key, nil), id, g.ttl)
 	if err != nil {
 		t.Fatalf("sign %s: %v", name, err)
 	}
@@ -198,9 +189,9 @@ func (c *controller) expectState(t *testing.T, want string) {
 }
 
 // newTestDevice builds a device client logging to a buffer.
-func newTestDevice(t *testing.T, opts options) (*device, *syncBuffer) {
+func newTestDevice(t *testing.T, opts options) (*device, *testpki.LogBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testpki.LogBuffer{}
 	d, err := newDevice(opts, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +200,7 @@ func newTestDevice(t *testing.T, opts options) (*device, *syncBuffer) {
 }
 
 // runDevice runs d in the background until the test ends.
-func runDevice(t *testing.T, d *device, logs *syncBuffer) {
+func runDevice(t *testing.T, d *device, logs *testpki.LogBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -440,22 +431,4 @@ func TestRenewalFailureRetriesPastExpiry(t *testing.T) {
 	if d.svids.current() != first {
 		t.Fatal("the SVID changed without a renewal")
 	}
-}
-
-// syncBuffer collects logs written from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

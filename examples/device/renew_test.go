@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ztgate/ztgate/internal/testpki"
 )
 
 func TestRenewalTime(t *testing.T) {
@@ -100,34 +103,14 @@ func TestParseAPIURL(t *testing.T) {
 // testCA is a throwaway CA for tests that need no gateway.
 type testCA struct {
 	t    *testing.T
-	key  *ecdsa.PrivateKey
+	key  crypto.Signer
 	cert *x509.Certificate
 }
 
 func newTestCA(t *testing.T, td string) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: td}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{t: t, key: key, cert: cert}
+	ca := testpki.NewCA(t, td)
+	return &testCA{t: t, key: ca.Key, cert: ca.Cert}
 }
 
 // issue returns the PEM chain (leaf, CA) of an SVID for id and key, and

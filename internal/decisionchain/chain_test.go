@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"testing/fstest"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/internal/decisionchain"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
 )
@@ -52,23 +52,12 @@ func subject(name string) *policy.Subject {
 }
 
 // syncBuffer is the decision log's output, written by its goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type syncBuffer struct{ testpki.LogBuffer }
 
 func (b *syncBuffer) entries(t *testing.T) []decisionlog.Entry {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var out []decisionlog.Entry
-	sc := bufio.NewScanner(bytes.NewReader(b.buf.Bytes()))
+	sc := bufio.NewScanner(bytes.NewReader(b.Bytes()))
 	for sc.Scan() {
 		var e decisionlog.Entry
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {

@@ -10,23 +10,16 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,6 +27,7 @@ import (
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
 
@@ -111,13 +105,13 @@ type Env struct {
 // ends; its log is printed only if the test failed.
 func Start(t testing.TB, opts ...Option) *Env {
 	t.Helper()
-	e, _ := start(t, &syncBuffer{}, nil, opts)
+	e, _ := start(t, &testpki.LogBuffer{}, nil, opts)
 	return e
 }
 
 // start runs a gateway on 127.0.0.1 in a temporary directory, logging to
 // logs; configure, if not nil, changes the configuration last.
-func start(t testing.TB, logs *syncBuffer, configure func(*app.Config), opts []Option) (*Env, app.Config) {
+func start(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), opts []Option) (*Env, app.Config) {
 	t.Helper()
 	var o options
 	for _, opt := range opts {
@@ -233,25 +227,7 @@ func loadCAKey(t testing.TB, path string) crypto.Signer {
 	if err != nil {
 		t.Fatalf("read CA key: %v", err)
 	}
-	b, _ := pem.Decode(raw)
-	if b == nil {
-		t.Fatalf("CA key %s is not PEM", path)
-	}
-	var key any
-	switch b.Type {
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(b.Bytes)
-	default:
-		key, err = x509.ParsePKCS8PrivateKey(b.Bytes)
-	}
-	if err != nil {
-		t.Fatalf("parse CA key: %v", err)
-	}
-	s, ok := key.(crypto.Signer)
-	if !ok {
-		t.Fatalf("CA key is a %T, not a signer", key)
-	}
-	return s
+	return testpki.ParseSigner(t, raw)
 }
 
 // Device is a client identity: a certificate (possibly none, possibly
@@ -405,102 +381,19 @@ func (d *Device) TLSConfig() *tls.Config {
 // digitalSignature, valid for an hour) which tweak may break in one way.
 func (e *Env) CertWith(t testing.TB, tweak func(*x509.Certificate)) tls.Certificate {
 	t.Helper()
-	tmpl := leafTemplate(t, e.DeviceID("crafted"))
+	tmpl := testpki.LeafTemplate(t, e.DeviceID("crafted"))
 	if tweak != nil {
 		tweak(tmpl)
 	}
-	return signLeaf(t, tmpl, e.caCert, e.caKey)
+	return testpki.SignLeaf(t, tmpl, e.caCert, e.caKey)
 }
 
 // ForeignCert returns a well-formed X.509-SVID for id signed by a CA the
 // gateway does not trust.
 func ForeignCert(t testing.TB, id string) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
 	td := strings.SplitN(strings.TrimPrefix(id, "spiffe://"), "/", 2)[0]
-	caTmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: "foreign CA"},
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: td}},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signLeaf(t, leafTemplate(t, id), ca, key)
-}
-
-func leafTemplate(t testing.TB, id string) *x509.Certificate {
-	t.Helper()
-	u, err := url.Parse(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509.Certificate{
-		SerialNumber:          serial(t),
-		URIs:                  []*url.URL{u},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(time.Hour),
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-}
-
-func signLeaf(t testing.TB, tmpl, ca *x509.Certificate, caKey crypto.Signer) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
-	if err != nil {
-		t.Fatalf("sign crafted certificate: %v", err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der, ca.Raw}, PrivateKey: key, Leaf: leaf}
-}
-
-func serial(t testing.TB) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n.Add(n, big.NewInt(1))
-}
-
-// syncBuffer collects the gateway's log for printing on failure.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	return testpki.NewCA(t, td).Issue(t, id)
 }
 
 // Must fails the test on a non-nil error.

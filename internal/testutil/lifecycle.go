@@ -16,6 +16,7 @@ import (
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testpki"
 )
 
 // Observed is a gateway whose log a test reads and whose decision log is
@@ -53,7 +54,7 @@ func StartObserved(t testing.TB, configure func(*app.Config), opts ...Option) *O
 // Logs is a gateway's log (slog text format), safe to read while the
 // gateway writes it.
 type Logs struct {
-	buf syncBuffer
+	buf testpki.LogBuffer
 }
 
 // String is the whole log so far.
