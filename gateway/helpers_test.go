@@ -337,6 +337,16 @@ func (e *env) dial5(cfg *tls.Config) *raw311 {
 func (c *raw311) write(t testing.TB, pk packets.Packet) {
 	t.Helper()
 	pk.ProtocolVersion = c.version
+	b := encodePacket(t, pk)
+	_ = c.conn.SetWriteDeadline(time.Now().Add(waitFor))
+	if _, err := c.conn.Write(b); err != nil {
+		t.Fatalf("raw311 write: %v", err)
+	}
+}
+
+// encodePacket is pk as a client sends it, in pk.ProtocolVersion.
+func encodePacket(t testing.TB, pk packets.Packet) []byte {
+	t.Helper()
 	var buf bytes.Buffer
 	var err error
 	switch pk.FixedHeader.Type {
@@ -351,15 +361,12 @@ func (c *raw311) write(t testing.TB, pk packets.Packet) {
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
 	default:
-		t.Fatalf("raw311: cannot encode packet type %d", pk.FixedHeader.Type)
+		t.Fatalf("cannot encode packet type %d", pk.FixedHeader.Type)
 	}
 	if err != nil {
-		t.Fatalf("raw311 encode: %v", err)
+		t.Fatalf("encode: %v", err)
 	}
-	_ = c.conn.SetWriteDeadline(time.Now().Add(waitFor))
-	if _, err := c.conn.Write(buf.Bytes()); err != nil {
-		t.Fatalf("raw311 write: %v", err)
-	}
+	return buf.Bytes()
 }
 
 // read returns the next packet, or an error (io.EOF and the like once the

@@ -245,20 +245,7 @@ func headerLen(size int) int {
 func encoded(t *testing.T, pk packets.Packet) []byte {
 	t.Helper()
 	pk.ProtocolVersion = 5
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	default:
-		t.Fatalf("cannot size packet type %d", pk.FixedHeader.Type)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return encodePacket(t, pk)
 }
 
 // sizedTo fills the payload of pk (through set) so that pk is exactly size

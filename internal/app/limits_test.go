@@ -16,8 +16,6 @@ import (
 	mpackets "github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ztgate/ztgate/gateway"
-	"github.com/ztgate/ztgate/identity"
-	"github.com/ztgate/ztgate/registry"
 )
 
 func TestLimitsConfig(t *testing.T) {
@@ -64,18 +62,7 @@ func TestLimitsReachTheGateway(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Limits = LimitsConfig{MaxPacketSize: 8192, MaxConnectPacketSize: 2048}
 	a := start(t, cfg)
-	id, _ := identity.DeviceID(a.TrustDomain(), "sensor-1")
-	if _, err := a.Registry().Create(registry.Device{Name: "sensor-1", SPIFFEID: id.String(), Status: registry.StatusActive}); err != nil {
-		t.Fatal(err)
-	}
-	chain, key, err := a.CA().IssueSVID(id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf, err := identity.ClientTLSConfigPEM(chain, key, a.CA().BundlePEM())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := deviceTLS(t, a, "sensor-1", nil)
 	conf.ServerName = "localhost"
 	dial := func() net.Conn {
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: wait}, "tcp", a.MQTTAddr().String(), conf)

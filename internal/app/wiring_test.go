@@ -42,9 +42,9 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// deviceClient enrolls name in a's registry with labels, issues it an SVID
-// and returns an HTTPS client of the API that presents it.
-func deviceClient(t *testing.T, a *App, name string, labels map[string]string) *http.Client {
+// deviceTLS enrolls name in a's registry as an active device with labels,
+// issues it an SVID and returns a client TLS configuration presenting it.
+func deviceTLS(t *testing.T, a *App, name string, labels map[string]string) *tls.Config {
 	t.Helper()
 	id, err := identity.DeviceID(a.TrustDomain(), name)
 	if err != nil {
@@ -61,6 +61,14 @@ func deviceClient(t *testing.T, a *App, name string, labels map[string]string) *
 	if err != nil {
 		t.Fatal(err)
 	}
+	return conf
+}
+
+// deviceClient enrolls name in a's registry with labels, issues it an SVID
+// and returns an HTTPS client of the API that presents it.
+func deviceClient(t *testing.T, a *App, name string, labels map[string]string) *http.Client {
+	t.Helper()
+	conf := deviceTLS(t, a, name, labels)
 	c := &http.Client{Timeout: wait, Transport: &http.Transport{TLSClientConfig: conf}}
 	t.Cleanup(c.CloseIdleConnections)
 	return c
@@ -426,18 +434,7 @@ func TestPolicyChangeReachesLiveSessions(t *testing.T) {
 	cfg.PolicyDir = dir
 	a := start(t, cfg)
 
-	id, _ := identity.DeviceID(a.TrustDomain(), "sensor-1")
-	if _, err := a.Registry().Create(registry.Device{Name: "sensor-1", SPIFFEID: id.String(), Status: registry.StatusActive}); err != nil {
-		t.Fatal(err)
-	}
-	chain, key, err := a.CA().IssueSVID(id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf, err := identity.ClientTLSConfigPEM(chain, key, a.CA().BundlePEM())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := deviceTLS(t, a, "sensor-1", nil)
 	conf.ServerName = "localhost"
 	ctx, cancel := context.WithTimeout(t.Context(), wait)
 	defer cancel()
