@@ -43,15 +43,7 @@ func TestRetained_ClearedOnRevocation(t *testing.T) {
 
 			env.SetStatus(t, "sensor-1", tc.action)
 			probe.WaitClosed(t, wait)
-			ctl := env.MustConnect(t, ctlDev, "ctl", nil)
-			ctl.Sub(t, "devices/+/state")
-			// mochi queues the retained messages after the SUBACK, on the
-			// subscriber's goroutine: once the controller's next PUBLISH is
-			// acknowledged, they are ahead of the live barrier.
-			ctl.Pub(t, msg{Topic: "devices/sensor-9/commands/sync", Payload: "s", QoS: 1})
-			d2.Pub(t, msg{Topic: "devices/sensor-2/state", Payload: "barrier", QoS: 1})
-			ctl.Msgs.ExpectPayload(t, "devices/sensor-2/state", "s2 up", wait)
-			ctl.Msgs.ExpectPayload(t, "devices/sensor-2/state", "barrier", wait)
+			ctl := subscribeStates(t, env, ctlDev, d2)
 			if tc.cleared {
 				ctl.Msgs.Never(t, "devices/sensor-1/state")
 			} else {
@@ -109,11 +101,23 @@ func TestRetained_AdminListAndDelete(t *testing.T) {
 		t.Fatalf("DELETE by a device: %d %s; want 403", res.Status, res.Body)
 	}
 
+	ctl := subscribeStates(t, env, ctlDev, d2)
+	ctl.Msgs.Never(t, "devices/sensor-1/state")
+}
+
+// subscribeStates connects ctlDev, subscribes it to every device's state and
+// waits until the retained messages are in: sensor-2's retained "s2 up" (the
+// positive control), then a live "barrier" that sensor2 publishes. mochi
+// queues the retained messages after the SUBACK, on the subscriber's
+// goroutine: once the controller's next PUBLISH is acknowledged, they are
+// ahead of the barrier, so a retained message not seen by then never comes.
+func subscribeStates(t *testing.T, env *testutil.Env, ctlDev *testutil.Device, sensor2 *testutil.Client) *testutil.Client {
+	t.Helper()
 	ctl := env.MustConnect(t, ctlDev, "ctl", nil)
 	ctl.Sub(t, "devices/+/state")
 	ctl.Pub(t, msg{Topic: "devices/sensor-9/commands/sync", Payload: "s", QoS: 1})
-	d2.Pub(t, msg{Topic: "devices/sensor-2/state", Payload: "barrier", QoS: 1})
+	sensor2.Pub(t, msg{Topic: "devices/sensor-2/state", Payload: "barrier", QoS: 1})
 	ctl.Msgs.ExpectPayload(t, "devices/sensor-2/state", "s2 up", wait)
 	ctl.Msgs.ExpectPayload(t, "devices/sensor-2/state", "barrier", wait)
-	ctl.Msgs.Never(t, "devices/sensor-1/state")
+	return ctl
 }
