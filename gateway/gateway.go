@@ -246,7 +246,7 @@ func (g *Gateway) Sessions() []brokerview.Session {
 	var out []brokerview.Session
 	g.sessions.Range(func(_, v any) bool {
 		s := v.(*session)
-		if !s.online.Load() || s.cl.Closed() {
+		if !s.life.load().connected() || s.cl.Closed() {
 			return true
 		}
 		name := ""
@@ -369,7 +369,7 @@ func (g *Gateway) recheckAll(all bool) (checked, cut int) {
 	var revoked map[string]struct{} // identities whose sessions this pass cut
 	g.sessions.Range(func(_, v any) bool {
 		s := v.(*session)
-		if s.revoked.Load() && !s.detached.Load() || s.replaced.Load() {
+		if st := s.life.load(); st.denied() && st.phase() != phaseDetached || st.takenOver() || st.phase() == phaseGone {
 			// A replaced session is the new connection's to check. A
 			// detached one may still have to end (see refresh).
 			return true
@@ -440,12 +440,12 @@ var codeSVIDExpired = packets.Code{Code: packets.ErrMaxConnectTime.Code, Reason:
 // are told why with a DISCONNECT carrying code; MQTT 3.1.1 has no server
 // DISCONNECT, so the connection is just closed.
 //
-// The caller marks the session revoked first when it may no longer decide
+// The caller marks the session denied first when it may no longer decide
 // anything. The DISCONNECT is written on a goroutine of its own: a peer that
 // does not read stalls neither the caller's pass over the other sessions
 // nor anything else.
 func (g *Gateway) kick(s *session, code packets.Code, reason string) bool {
-	if s.cl.Closed() || !s.ended.CompareAndSwap(false, true) {
+	if !g.startEnding(s) {
 		return false
 	}
 	g.log.Info("gateway: disconnecting session", "reason", reason, "code", code.Code,

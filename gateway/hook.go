@@ -129,7 +129,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		s.will, s.hasWill = cl.Properties.Will, true
 	}
 
-	if !g.decide(s, policy.ActionConnect, "", "", 0, false, false, 0) {
+	if !g.decideConnect(s) {
 		return refuse("denied by policy", "spiffe_id", spiffeID)
 	}
 	if s.hasWill && !g.allowWill(s, s.will) {
@@ -138,7 +138,6 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 
 	// Bind the client ID to the identity for everything mochi keys on it.
 	cl.ID = scopedClientID(spiffeID, clientID)
-	s.online.Store(true)
 	// The connection lasts as long as the SVID it was verified with. The
 	// timer costs nothing until it fires; OnDisconnect stops it.
 	s.expiry = time.AfterFunc(time.Until(notAfter), func() { g.kick(s, codeSVIDExpired, reasonSVIDExpired) })
@@ -150,6 +149,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	if s.recordChanged() {
 		if why, _ := g.refresh(s); why != "" {
 			s.stopExpiry()
+			s.life.mu.Lock()
+			g.transition(s, evRefuse)
+			s.life.mu.Unlock()
 			g.sessions.Delete(cl)
 			return refuse("device changed during CONNECT", "spiffe_id", spiffeID, "why", why)
 		}
@@ -196,7 +198,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		if !g.takeOver(os, !pk.Connect.Clean) {
 			return // a dropped session: mochi no longer has it
 		}
-		s.replacing.Store(old)
+		s.replacing = os
 	}
 	if pk.Connect.Clean {
 		return // mochi discards the old session
@@ -207,25 +209,29 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnSessionEstablished counts the session as connected: mochi has answered
-// the CONNECT and will call OnDisconnect when the connection ends.
+// the CONNECT and will call OnDisconnect when the connection ends. The
+// session this one took over is handed over: it is forgotten now if its
+// connection has ended, else when it ends (OnDisconnect).
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	s := h.g.session(cl)
+	g := h.g
+	s := g.session(cl)
 	if s == nil {
 		return
 	}
-	if s.opened.CompareAndSwap(false, true) {
-		h.g.metrics.SessionOpened()
+	s.life.mu.Lock()
+	_, to, _ := g.transition(s, evEstablished)
+	if to.phase() != phaseGone && !s.life.counted {
+		s.life.counted = true
+		g.metrics.SessionOpened()
 	}
-	// The taken-over session has moved to cl. handedOver is set before
-	// online is read, and OnDisconnect clears online before it reads
-	// handedOver: one of the two forgets the old state.
-	if old := s.replacing.Swap(nil); old != nil {
-		if os := h.g.session(old); os != nil {
-			os.handedOver.Store(true)
-			if !os.online.Load() {
-				h.g.sessions.Delete(old)
-			}
+	s.life.mu.Unlock()
+	if os := s.replacing; os != nil {
+		s.replacing = nil
+		os.life.mu.Lock()
+		if _, to, ok := g.transition(os, evHandOver); ok && to.phase() == phaseGone {
+			g.sessions.Delete(os.cl)
 		}
+		os.life.mu.Unlock()
 	}
 }
 
@@ -233,39 +239,49 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 // new connection took over), and keeps that of a persistent session, whose
 // queued deliveries are still decided.
 func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	s := h.g.session(cl)
+	g := h.g
+	s := g.session(cl)
 	if s == nil {
 		return
 	}
 	s.stopExpiry()
-	// See OnSessionEstablished for the order of online and handedOver.
-	s.online.Store(false)
-	takenOver := s.replaced.Load() || cl.IsTakenOver()
-	if expire || (takenOver && s.handedOver.Load()) {
-		h.g.sessions.Delete(cl)
+	s.life.mu.Lock()
+	from, to, _ := g.transition(s, evDisconnect)
+	if expire {
+		_, to, _ = g.transition(s, evExpire)
 	}
-	if s.opened.CompareAndSwap(true, false) {
-		h.g.metrics.SessionClosed()
-		if takenOver && s.ended.CompareAndSwap(false, true) {
-			h.g.metrics.Disconnected(reasonTakeover)
+	if s.life.counted {
+		s.life.counted = false
+		g.metrics.SessionClosed()
+		// A connection the gateway was ending has its reason counted
+		// already.
+		if (from.takenOver() || cl.IsTakenOver()) && from.conn() != connClosing {
+			g.metrics.Disconnected(reasonTakeover)
 		}
 	}
-	h.g.flushDenials(s, true)
-	// See dropSession for the order of online and drop. A SUBSCRIBE that
-	// raced the cut has been handled by now.
-	if s.drop.Load() {
-		h.g.endSession(s)
-	} else if s.detached.Load() {
-		h.g.detachSession(s)
+	// A SUBSCRIBE that raced a cut has been handled by now.
+	switch {
+	case to.phase() == phaseGone && from.phase() == phaseDropped:
+		g.forget(s)
+	case to.phase() == phaseGone:
+		g.sessions.Delete(cl)
+	case to.phase() == phaseDetached:
+		g.detachLocked(s)
 	}
+	s.life.mu.Unlock()
+	g.flushDenials(s, true)
 }
 
 // OnClientExpired forgets an expired persistent session.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
-	if s := h.g.session(cl); s != nil {
-		h.g.flushDenials(s, true)
+	g := h.g
+	if s := g.session(cl); s != nil {
+		s.life.mu.Lock()
+		g.transition(s, evExpire)
+		s.life.mu.Unlock()
+		g.flushDenials(s, true)
 	}
-	h.g.sessions.Delete(cl)
+	g.sessions.Delete(cl)
 }
 
 // OnSubscribe decides every filter of a SUBSCRIBE and records the decisions
@@ -279,10 +295,10 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	// Loaded before deciding: see OnSubscribed.
 	s.subEpoch = g.reeval.epoch.Load()
 	s.subSubject = s.subject.Load()
-	ended := s.ended.Load()
+	ending := s.life.load().conn() >= connClosing
 	ds := make([]filterDecision, len(pk.Filters))
 	for i, sub := range pk.Filters {
-		ds[i] = filterDecision{filter: sub.Filter, allow: !ended && g.allowSubscribe(s, sub.Filter, sub.Qos)}
+		ds[i] = filterDecision{filter: sub.Filter, allow: !ending && g.allowSubscribe(s, sub.Filter, sub.Qos)}
 	}
 	s.pending.Store(&ds)
 	return pk
@@ -321,7 +337,7 @@ func (g *Gateway) allowSubscribe(s *session, filter string, qos byte) bool {
 		g.deny(s, policy.ActionSubscribe, "filter", filter, "malformed, shared without a filter, or a server filter")
 		return false
 	}
-	return g.decide(s, policy.ActionSubscribe, "", inner, qos, false, false, 0)
+	return g.decideSubscribe(s, inner, qos)
 }
 
 // OnACLCheck is mochi's check for three different things, told apart here.
@@ -351,11 +367,12 @@ func (g *Gateway) allowSubscribe(s *session, filter string, qos byte) bool {
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	g := h.g
 	s := g.session(cl)
-	if s == nil || s.revoked.Load() {
+	if s == nil {
 		return false
 	}
-	if write {
-		return !s.replaced.Load() && !s.ended.Load()
+	st := s.life.load()
+	if write || st.denied() {
+		return st.active()
 	}
 	if p := s.pending.Load(); p != nil {
 		for i := range *p {
@@ -363,16 +380,14 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 				if !d.allow || !isTopicName(topic) {
 					return d.allow
 				}
-				return g.decide(s, policy.ActionReceive, topic, "", 0, false, false, 0)
+				return g.decideReceive(s, topic)
 			}
 		}
 	}
 	if !isTopicName(topic) {
 		return false
 	}
-	// mochi passes only the topic here, so qos, retain and payload_size of
-	// a receive input are 0.
-	return g.decide(s, policy.ActionReceive, topic, "", 0, false, false, 0)
+	return g.decideReceive(s, topic)
 }
 
 // OnPublish decides every PUBLISH on its resolved topic and its Response
@@ -391,13 +406,13 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil // a delayed will, decided when its timer fired
 	}
 	s := g.session(cl)
-	if s != nil && !s.revoked.Load() && !s.replaced.Load() && !s.ended.Load() && g.allowPublish(s, pk) {
+	if s != nil && s.life.load().active() && g.allowPublish(s, pk) {
 		return pk, nil
 	}
 	switch {
 	case pk.FixedHeader.Qos == 0 || cl.Net.Inline:
 	case cl.Properties.ProtocolVersion < 5:
-		if s != nil && !cl.Closed() && s.ended.CompareAndSwap(false, true) {
+		if s != nil && g.startEnding(s) {
 			g.metrics.Disconnected(reasonPublishDenied)
 		}
 		cl.Stop(packets.ErrNotAuthorized)
@@ -434,8 +449,11 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 		// ends, whichever comes first; not at all once a new connection
 		// continues the session.
 		delay := min(will.WillDelayInterval, cl.Properties.Props.SessionExpiryInterval)
-		if s.replaced.Load() {
-			if s.resumed.Load() {
+		s.life.mu.Lock()
+		takenOver, resumed := s.life.load().takenOver(), s.life.resumed
+		s.life.mu.Unlock()
+		if takenOver {
+			if resumed {
 				return mqtt.Will{}, nil
 			}
 			delay = 0
@@ -455,5 +473,5 @@ func (g *Gateway) allowWill(s *session, w mqtt.Will) bool {
 		g.deny(s, policy.ActionPublish, "topic", w.TopicName, "will topic is not a topic devices may use")
 		return false
 	}
-	return g.decide(s, policy.ActionPublish, w.TopicName, "", w.Qos, w.Retain, true, len(w.Payload))
+	return g.decidePublish(s, w.TopicName, w.Qos, w.Retain, true, len(w.Payload))
 }

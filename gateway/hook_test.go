@@ -58,7 +58,7 @@ func (g *Gateway) addSession(name string, labels map[string]string, version byte
 	s := &session{cl: cl, id: id, spiffeID: id.String(), clientID: name, remote: "127.0.0.1:40000", version: version, connectedAt: time.Now()}
 	s.device.Store(dev)
 	s.subject.Store(newSubject(id, dev, name, s.remote, version))
-	s.online.Store(true)
+	s.setState(connOpen, phaseLive, false)
 	cl.ID = scopedClientID(s.spiffeID, name)
 	g.sessions.Store(cl, s)
 	return cl, s
@@ -160,7 +160,7 @@ func TestOnACLCheckFailsClosed(t *testing.T) {
 	if _, err := h.OnPublish(stranger, packets.Packet{TopicName: "t"}); !errors.Is(err, packets.ErrRejectPacket) {
 		t.Fatalf("OnPublish for a client without a session: %v", err)
 	}
-	s.revoked.Store(true)
+	s.deny()
 	if h.OnACLCheck(cl, "t", false) || h.OnACLCheck(cl, "t", true) {
 		t.Fatal("a revoked session was allowed")
 	}

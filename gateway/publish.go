@@ -13,7 +13,7 @@ func (g *Gateway) allowPublish(s *session, pk packets.Packet) bool {
 		g.deny(s, policy.ActionPublish, "topic", pk.TopicName, "not a topic devices may use")
 		return false
 	}
-	if !g.decide(s, policy.ActionPublish, pk.TopicName, "", pk.FixedHeader.Qos, pk.FixedHeader.Retain, false, len(pk.Payload)) {
+	if !g.decidePublish(s, pk.TopicName, pk.FixedHeader.Qos, pk.FixedHeader.Retain, false, len(pk.Payload)) {
 		return false
 	}
 	return g.allowResponseTopic(s, pk.Properties.ResponseTopic)
@@ -35,7 +35,7 @@ func (g *Gateway) allowResponseTopic(s *session, rt string) bool {
 		g.deny(s, policy.ActionPublish, "response_topic", rt, "response topic is not a topic devices may use")
 		return false
 	}
-	if !g.decide(s, policy.ActionReceive, rt, "", 0, false, false, 0) {
+	if !g.decideReceive(s, rt) {
 		g.deny(s, policy.ActionPublish, "response_topic", rt, "response topic not readable")
 		return false
 	}

@@ -7,8 +7,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/ztgate/ztgate/policy"
 )
 
 // reevaluator holds the state of the re-evaluations Reevaluate asks for.
@@ -93,12 +91,12 @@ func (g *Gateway) reevaluateAll(reason string) {
 			return false // closing: every session is being ended anyway
 		}
 		s := v.(*session)
-		if s.revoked.Load() || s.replaced.Load() {
+		if st := s.life.load(); st.denied() || st.takenOver() || st.phase() == phaseGone {
 			return true
 		}
 		sessions++
 		if !g.admitted(s) {
-			s.revoked.Store(true)
+			s.deny()
 			if g.kick(s, packets.ErrNotAuthorized, reasonPolicy) {
 				cut++
 			}
@@ -157,7 +155,7 @@ func (g *Gateway) pruneInflight(s *session, cl *mqtt.Client) (dropped int) {
 		// A message queued with an outbound topic alias has lost its topic
 		// name, so it cannot be decided again: it goes (on resumption the
 		// alias would mean nothing anyway).
-		if isTopicName(m.TopicName) && g.decide(s, policy.ActionReceive, m.TopicName, "", 0, false, false, 0) {
+		if isTopicName(m.TopicName) && g.decideReceive(s, m.TopicName) {
 			continue
 		}
 		if cl.State.Inflight.Delete(m.PacketID) {

@@ -35,27 +35,17 @@ type session struct {
 	device    atomic.Pointer[registry.Device]
 	record    atomic.Pointer[<-chan struct{}]
 	refreshMu sync.Mutex
-	// revoked is set when the session may no longer do anything: every
-	// decision for it denies without asking the policy.
-	revoked atomic.Bool
-	// online is true from CONNECT until the connection ends.
-	online atomic.Bool
-	// replaced is set when a new connection of the same identity and
-	// client ID takes the session over; resumed tells whether it continues
-	// the session (clean start false) or ends it. A replaced session
-	// publishes nothing but its Last Will; deliveries to it are still
-	// decided (as receives of the same identity) until mochi has moved
-	// them to the new connection, so a QoS 1 or 2 message racing the
-	// takeover is queued, not dropped.
-	replaced atomic.Bool
-	resumed  atomic.Bool
-	// handedOver is set on a replaced session once the new connection's
-	// session is established; its state is forgotten when that has
-	// happened and its own connection has ended, whichever is last.
-	handedOver atomic.Bool
-	// replacing is the client this session took over, until the takeover
-	// is complete (OnSessionEstablished).
-	replacing atomic.Pointer[mqtt.Client]
+	// life is the session's state (see state.go), and the lock that
+	// orders its changes. A session taken over (replaced) publishes
+	// nothing but its Last Will; deliveries to it are still decided (as
+	// receives of the same identity) until mochi has moved them to the new
+	// connection, so a QoS 1 or 2 message racing the takeover is queued,
+	// not dropped.
+	life lifecycle
+	// replacing is the session this one takes over, until the takeover is
+	// complete (OnSessionEstablished). Only the client's own goroutine
+	// touches it.
+	replacing *session
 	// pending holds the decided filters of the SUBSCRIBE being processed;
 	// see hook.OnACLCheck.
 	pending atomic.Pointer[[]filterDecision]
@@ -75,23 +65,6 @@ type session struct {
 	// stored and never changed.
 	notAfter time.Time
 	expiry   *time.Timer
-	// ended is set once the gateway has started to end this connection
-	// (see Gateway.kick). The connection decides nothing more of its own;
-	// a persistent session it leaves behind still receives unless revoked.
-	ended atomic.Bool
-	// opened is true while the session is counted as connected.
-	opened atomic.Bool
-
-	// drop is set when the session is to end for good because its device
-	// was revoked or deleted; gone once it has. dropMu orders the changes
-	// of cutSession against a new connection taking the session over.
-	dropMu sync.Mutex
-	drop   atomic.Bool
-	gone   bool
-	// detached is set when the session is taken out of the topic index
-	// because its device was suspended (see detachSession).
-	detached atomic.Bool
-
 	// denials aggregates the log lines of the session's denials.
 	denials denyLog
 }
@@ -166,7 +139,7 @@ func mayConnect(dev *registry.Device) bool {
 // A session may not go on when its device is suspended, revoked or gone
 // (enrolled at CONNECT, unknown now), when the registry cannot answer, or
 // when the policy no longer admits its new subject (see admitted). A session
-// that may not go on is marked revoked; the caller disconnects it.
+// that may not go on is marked denied; the caller disconnects it.
 func (g *Gateway) refresh(s *session) (why string, changed bool) {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
@@ -175,7 +148,7 @@ func (g *Gateway) refresh(s *session) (why string, changed bool) {
 		s.record.Store(&ch)
 	}
 	prev := s.device.Load()
-	if s.detached.Load() {
+	if s.life.load().phase() == phaseDetached {
 		// Cut for a suspension and detached: it stays so until the device
 		// reconnects (a resume changes nothing here), unless the device is
 		// revoked or deleted meanwhile, when it ends.
@@ -190,14 +163,14 @@ func (g *Gateway) refresh(s *session) (why string, changed bool) {
 	switch {
 	case err != nil:
 		g.log.Warn("gateway: registry lookup failed; cutting session", "spiffe_id", s.spiffeID, "err", err)
-		s.revoked.Store(true)
+		s.deny()
 		return reasonRegistryError, false
 	case prev != nil && dev == nil:
-		s.revoked.Store(true)
+		s.deny()
 		g.log.Info("gateway: device no longer enrolled", "spiffe_id", s.spiffeID, "client_id", s.clientID)
 		return reasonDeleted, false
 	case !mayConnect(dev):
-		s.revoked.Store(true)
+		s.deny()
 		s.device.Store(dev)
 		s.subject.Store(newSubject(s.id, dev, s.clientID, s.remote, s.version))
 		g.log.Info("gateway: device no longer active", "spiffe_id", s.spiffeID, "client_id", s.clientID,
@@ -211,7 +184,7 @@ func (g *Gateway) refresh(s *session) (why string, changed bool) {
 	// The subject changed (labels, name): the connection stands only if the
 	// policy would admit the new subject.
 	if !g.admitted(s) {
-		s.revoked.Store(true)
+		s.deny()
 		return reasonPolicy, true
 	}
 	return "", true
@@ -249,14 +222,20 @@ func (g *Gateway) cutSession(s *session, why string) {
 // keeping them in the session's own state: mochi subscribes a resumed
 // session anew from that state. The index is keyed by client ID, which a
 // new connection taking the session over shares, so a session already
-// taken over is left alone (see takeOver).
+// taken over is left alone (the transition table has no detach for it).
 func (g *Gateway) detachSession(s *session) {
-	s.dropMu.Lock()
-	defer s.dropMu.Unlock()
-	if s.replaced.Load() || s.gone {
+	s.life.mu.Lock()
+	defer s.life.mu.Unlock()
+	g.detachLocked(s)
+}
+
+// detachLocked is detachSession with the lifecycle lock held: also the
+// second pass when the connection of a detached session ends, for anything
+// a SUBSCRIBE racing the cut added.
+func (g *Gateway) detachLocked(s *session) {
+	if _, _, ok := g.transition(s, evDetach); !ok {
 		return
 	}
-	s.detached.Store(true)
 	for filter := range s.cl.State.Subscriptions.GetAll() {
 		if g.server.Topics.Unsubscribe(filter, s.cl.ID) {
 			atomic.AddInt64(&g.server.Info.Subscriptions, -1)
@@ -270,38 +249,30 @@ func (g *Gateway) detachSession(s *session) {
 // session. A session a new connection has already taken over is left
 // alone: that connection holds it now and is checked on its own.
 func (g *Gateway) dropSession(s *session) {
-	s.dropMu.Lock()
-	if s.replaced.Load() || s.gone {
-		s.dropMu.Unlock()
+	s.life.mu.Lock()
+	defer s.life.mu.Unlock()
+	_, to, ok := g.transition(s, evDrop)
+	if !ok {
 		return
 	}
-	s.drop.Store(true)
 	g.server.UnsubscribeClient(s.cl)
 	s.cl.ClearInflights()
-	s.dropMu.Unlock()
-	// OnDisconnect clears online before it reads drop: one of the two
-	// sees the other and ends the session.
-	if !s.online.Load() {
-		g.endSession(s)
+	if to.phase() == phaseGone { // its connection had already ended
+		g.forget(s)
 	}
 }
 
-// endSession forgets a dropped session, in mochi and here, once its
-// connection has ended. It runs under dropMu: a new connection of the same
+// forget removes a dropped session whose connection has ended, in mochi
+// and here. It runs under the lifecycle lock: a new connection of the same
 // client ID waits in takeOver until mochi no longer has the session, so it
 // starts a fresh one and is never itself removed by mistake.
-func (g *Gateway) endSession(s *session) {
-	s.dropMu.Lock()
-	defer s.dropMu.Unlock()
-	if s.gone {
-		return
-	}
-	s.gone = true
+func (g *Gateway) forget(s *session) {
 	cl := s.cl
 	s.stopExpiry()
-	// Ended here while still connected (a new connection of the same ID
+	// Forgotten while still connected (a new connection of the same ID
 	// came first), OnDisconnect will not find it to count it closed.
-	if s.opened.CompareAndSwap(true, false) {
+	if s.life.counted {
+		s.life.counted = false
 		g.metrics.SessionClosed()
 	}
 	// Anything a SUBSCRIBE racing the drop added.
@@ -314,29 +285,67 @@ func (g *Gateway) endSession(s *session) {
 	g.flushDenials(s, true)
 }
 
-// takeOver marks s as taken over by a new connection of the same client
-// ID, which resumes it (or not). It returns false for a dropped session,
-// which is ended here instead, so that the new connection finds none.
+// takeOver is the takeover of s by a new connection of the same client ID,
+// which resumes it (or not). It returns false for a dropped session, which
+// is forgotten here instead, so that the new connection finds none.
 func (g *Gateway) takeOver(s *session, resume bool) bool {
-	s.dropMu.Lock()
-	if !s.drop.Load() {
-		s.resumed.Store(resume)
-		s.replaced.Store(true)
-		s.dropMu.Unlock()
-		return true
+	s.life.mu.Lock()
+	defer s.life.mu.Unlock()
+	ev := evTakeover
+	if resume {
+		ev = evResume
 	}
-	s.dropMu.Unlock()
-	g.endSession(s)
-	return false
+	from, _, ok := g.transition(s, ev)
+	switch {
+	case !ok:
+		return true // taken over already
+	case from.phase() == phaseDropped:
+		g.forget(s)
+		return false
+	}
+	s.life.resumed = resume
+	return true
+}
+
+// startEnding marks the connection of s as being ended by the gateway, once:
+// it reports false when the connection has ended or is being ended.
+func (g *Gateway) startEnding(s *session) bool {
+	s.life.mu.Lock()
+	defer s.life.mu.Unlock()
+	if s.cl.Closed() {
+		return false
+	}
+	_, _, ok := g.transition(s, evKick)
+	return ok
+}
+
+// transition applies ev to the state of s, under the lifecycle lock the
+// caller holds, and logs the change at debug level.
+func (g *Gateway) transition(s *session, ev event) (from, to state, ok bool) {
+	from, to, ok = s.life.apply(ev)
+	if ok && g.log.Enabled(g.ctx, slog.LevelDebug) {
+		g.log.LogAttrs(g.ctx, slog.LevelDebug, "gateway: session state",
+			slog.String("spiffe_id", s.spiffeID), slog.String("client_id", s.clientID),
+			slog.String("event", ev.String()),
+			slog.String("from", from.String()), slog.String("to", to.String()))
+	}
+	return from, to, ok
+}
+
+// deny marks s denied: every decision for it denies from now on.
+func (s *session) deny() {
+	s.life.mu.Lock()
+	s.life.deny()
+	s.life.mu.Unlock()
 }
 
 // admitted reports whether the policy would accept the CONNECT of s now:
 // the "connect" decision and, while the connection lasts, its Last Will.
 func (g *Gateway) admitted(s *session) bool {
-	if !g.decide(s, policy.ActionConnect, "", "", 0, false, false, 0) {
+	if !g.decideConnect(s) {
 		return false
 	}
-	return !s.hasWill || !s.online.Load() || g.allowWill(s, s.will)
+	return !s.hasWill || !s.life.load().connected() || g.allowWill(s, s.will)
 }
 
 func sameDevice(a, b *registry.Device) bool {
@@ -346,32 +355,60 @@ func sameDevice(a, b *registry.Device) bool {
 	return a.Name == b.Name && a.Status == b.Status && maps.Equal(a.Labels, b.Labels)
 }
 
-// decide asks the policy about one action of s and logs a denial. It is the
-// hot path of every publish and delivery: the input comes from a pool and
-// nothing is allocated here on an allow.
-func (g *Gateway) decide(s *session, action policy.Action, topic, filter string, qos byte, retain, will bool, size int) bool {
-	if s.revoked.Load() {
-		return false
-	}
+// The decisions of a session, one helper per action. They are the hot path
+// of every publish and delivery: the input comes from a pool and nothing is
+// allocated on an allow. A denied session (see state.denied) gets no
+// decision from the policy.
+
+// decideConnect asks the policy about the CONNECT of s.
+func (g *Gateway) decideConnect(s *session) bool {
+	return g.ask(s, g.input(s, policy.ActionConnect))
+}
+
+// decidePublish asks the policy about a PUBLISH (or, with will set, a Last
+// Will) of s.
+func (g *Gateway) decidePublish(s *session, topic string, qos byte, retain, will bool, size int) bool {
+	in := g.input(s, policy.ActionPublish)
+	in.Topic, in.QoS, in.Retain, in.Will, in.PayloadSize = topic, qos, retain, will, size
+	return g.ask(s, in)
+}
+
+// decideSubscribe asks the policy about a subscription of s to filter (the
+// inner filter of a $share subscription).
+func (g *Gateway) decideSubscribe(s *session, filter string, qos byte) bool {
+	in := g.input(s, policy.ActionSubscribe)
+	in.Filter, in.QoS = filter, qos
+	return g.ask(s, in)
+}
+
+// decideReceive asks the policy about a delivery to s on topic. mochi's
+// delivery check passes only the topic, so qos, retain and payload_size of
+// a receive input are 0.
+func (g *Gateway) decideReceive(s *session, topic string) bool {
+	in := g.input(s, policy.ActionReceive)
+	in.Topic = topic
+	return g.ask(s, in)
+}
+
+// input returns a pooled input for action of s; ask returns it to the pool.
+func (g *Gateway) input(s *session, action policy.Action) *policy.Input {
 	in := g.inputs.Get().(*policy.Input)
-	*in = policy.Input{
-		Action:      action,
-		Subject:     s.subject.Load(),
-		Topic:       topic,
-		Filter:      filter,
-		QoS:         qos,
-		Retain:      retain,
-		Will:        will,
-		PayloadSize: size,
-		Time:        g.now(),
-	}
-	d := g.decider.Decide(g.ctx, in)
-	if !d.Allow {
-		g.logDenied(s, in, d)
+	*in = policy.Input{Action: action, Subject: s.subject.Load(), Time: g.now()}
+	return in
+}
+
+// ask decides in for s and logs a denial.
+func (g *Gateway) ask(s *session, in *policy.Input) bool {
+	allow := false
+	if !s.life.load().denied() {
+		d := g.decider.Decide(g.ctx, in)
+		if allow = d.Allow; !allow {
+			g.logDenied(s, in, d)
+		}
 	}
 	*in = policy.Input{}
 	g.inputs.Put(in)
-	return d.Allow
+	return allow
 }
 
 // logDenied writes the decision log line of a denial: the first of its

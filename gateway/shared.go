@@ -85,7 +85,7 @@ func (g *Gateway) member(id string) (*mqtt.Client, *session) {
 		return nil, nil
 	}
 	s := g.session(cl)
-	if s == nil || s.revoked.Load() {
+	if s == nil || s.life.load().denied() {
 		return nil, nil
 	}
 	return cl, s
@@ -94,5 +94,5 @@ func (g *Gateway) member(id string) (*mqtt.Client, *session) {
 // connected reports whether cl, the client of s, has a live connection
 // that the gateway is not ending and no new connection is taking over.
 func (s *session) connected(cl *mqtt.Client) bool {
-	return s.online.Load() && !s.ended.Load() && !s.replaced.Load() && !cl.Closed()
+	return s.life.load().active() && !cl.Closed()
 }

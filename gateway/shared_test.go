@@ -405,8 +405,11 @@ func TestOnSelectSubscribers(t *testing.T) {
 					if !m.absent {
 						g.server.Clients.Add(cl)
 					}
-					s.online.Store(!m.offline)
-					s.revoked.Store(m.revoked)
+					conn := connOpen
+					if m.offline {
+						conn = connClosed
+					}
+					s.setState(conn, phaseLive, m.revoked)
 					denied[m.name] = m.denied
 					subs.Shared[filter][cl.ID] = packets.Subscription{Filter: filter, Qos: 1}
 					names[cl.ID] = m.name
@@ -442,7 +445,9 @@ func BenchmarkSelectShared(b *testing.B) {
 		ids := make([]string, members)
 		for i := range ids {
 			cl, s := g.addSession(fmt.Sprintf("ctl-%d", i), controllerLabels, 5)
-			s.online.Store(i != 0)
+			if i == 0 {
+				s.setState(connClosed, phaseLive, false)
+			}
 			g.server.Clients.Add(cl)
 			ids[i] = cl.ID
 		}

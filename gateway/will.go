@@ -105,7 +105,7 @@ func (w *delayedWills) fire(key string, pw *pendingWill) {
 	defer w.running.Done()
 
 	g, s, will := w.g, pw.s, pw.will
-	if s.revoked.Load() {
+	if s.life.load().denied() {
 		return
 	}
 	if why, _ := g.refresh(s); why != "" || !g.allowWill(s, will) {
