@@ -1,0 +1,4 @@
+package testclient
+
+// Failure is failure, for the external tests.
+var Failure = failure
