@@ -20,6 +20,7 @@ import (
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/brokerview"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
 )
@@ -29,14 +30,14 @@ func TestAdminDeviceLifecycle(t *testing.T) {
 
 	// Create: the SPIFFE ID defaults to spiffe://TD/device/NAME.
 	r := e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: "sensor-1", Labels: map[string]string{"role": "sensor"}})
-	if r.status != http.StatusCreated {
-		t.Fatalf("create: %d %s", r.status, r.body)
+	if r.Status != http.StatusCreated {
+		t.Fatalf("create: %d %s", r.Status, r.Body)
 	}
-	if loc := r.header.Get("Location"); loc != "/v1/devices/sensor-1" {
+	if loc := r.Header.Get("Location"); loc != "/v1/devices/sensor-1" {
 		t.Errorf("Location %q", loc)
 	}
 	var d Device
-	r.json(t, &d)
+	r.DecodeJSON(t, &d)
 	if d.Name != "sensor-1" || d.SPIFFEID != "spiffe://example.org/device/sensor-1" ||
 		d.Status != "active" || d.Labels["role"] != "sensor" || d.CreatedAt.IsZero() {
 		t.Fatalf("created device %+v", d)
@@ -45,10 +46,10 @@ func TestAdminDeviceLifecycle(t *testing.T) {
 	// An explicit SPIFFE ID outside the device namespace is kept.
 	r = e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: "ctl-1",
 		SPIFFEID: "spiffe://example.org/workload/controller", Labels: map[string]string{"role": "controller"}})
-	if r.status != http.StatusCreated {
-		t.Fatalf("create with spiffe_id: %d %s", r.status, r.body)
+	if r.Status != http.StatusCreated {
+		t.Fatalf("create with spiffe_id: %d %s", r.Status, r.Body)
 	}
-	r.json(t, &d)
+	r.DecodeJSON(t, &d)
 	if d.SPIFFEID != "spiffe://example.org/workload/controller" {
 		t.Fatalf("spiffe_id %q", d.SPIFFEID)
 	}
@@ -56,7 +57,7 @@ func TestAdminDeviceLifecycle(t *testing.T) {
 	// List: sorted by name, the fixtures included, on one page.
 	r = e.do(e.admin, http.MethodGet, "/v1/devices", "", nil)
 	var list DeviceList
-	r.json(t, &list)
+	r.DecodeJSON(t, &list)
 	var names []string
 	for _, d := range list.Devices {
 		names = append(names, d.Name)
@@ -69,9 +70,9 @@ func TestAdminDeviceLifecycle(t *testing.T) {
 	}
 
 	r = e.do(e.admin, http.MethodGet, "/v1/devices/sensor-1", "", nil)
-	r.json(t, &d)
-	if r.status != http.StatusOK || d.Name != "sensor-1" {
-		t.Fatalf("get: %d %s", r.status, r.body)
+	r.DecodeJSON(t, &d)
+	if r.Status != http.StatusOK || d.Name != "sensor-1" {
+		t.Fatalf("get: %d %s", r.Status, r.Body)
 	}
 
 	steps := []struct {
@@ -90,14 +91,14 @@ func TestAdminDeviceLifecycle(t *testing.T) {
 	}
 	for _, st := range steps {
 		r := e.do(e.admin, http.MethodPost, st.path, "", nil)
-		if r.status != st.status {
-			t.Fatalf("POST %s: %d %s, want %d", st.path, r.status, r.body, st.status)
+		if r.Status != st.status {
+			t.Fatalf("POST %s: %d %s, want %d", st.path, r.Status, r.Body, st.status)
 		}
 		if st.status != http.StatusOK {
-			r.errorMessage(t)
+			r.StrictError(t)
 			continue
 		}
-		r.json(t, &d)
+		r.DecodeJSON(t, &d)
 		if d.Status != st.want {
 			t.Fatalf("POST %s: status %q, want %q", st.path, d.Status, st.want)
 		}
@@ -117,10 +118,10 @@ func TestAdminDeviceLifecycle(t *testing.T) {
 	}
 	for _, req := range dups {
 		r := e.postJSON(e.admin, "/v1/devices", req)
-		if r.status != http.StatusConflict {
-			t.Errorf("duplicate %+v: %d %s, want 409", req, r.status, r.body)
+		if r.Status != http.StatusConflict {
+			t.Errorf("duplicate %+v: %d %s, want 409", req, r.Status, r.Body)
 		} else {
-			r.errorMessage(t)
+			r.StrictError(t)
 		}
 	}
 }
@@ -140,8 +141,8 @@ func TestAcknowledgedWritesAreDurable(t *testing.T) {
 		t.Cleanup(func() { _ = reg.Close() })
 	})
 	e.createDevice("sensor-9", nil)
-	if r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-9/suspend", "", nil); r.status != http.StatusOK {
-		t.Fatalf("suspend: %d %s", r.status, r.body)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-9/suspend", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("suspend: %d %s", r.Status, r.Body)
 	}
 	if err := e.reg.Close(); err != nil {
 		t.Fatal(err)
@@ -204,11 +205,11 @@ func TestNonAdminIdentitiesForbiddenOnEveryAdminRoute(t *testing.T) {
 				path, ct, body = adminRequest(t, rt, "target")
 			}
 			r := e.do(who.c, rt.method, path, ct, body)
-			if r.status != http.StatusForbidden {
-				t.Errorf("%s %s as %s: %d %s, want 403", rt.method, path, who.name, r.status, r.body)
+			if r.Status != http.StatusForbidden {
+				t.Errorf("%s %s as %s: %d %s, want 403", rt.method, path, who.name, r.Status, r.Body)
 				continue
 			}
-			r.errorMessage(t)
+			r.StrictError(t)
 		}
 	}
 	// Nothing the refused requests asked for happened.
@@ -237,8 +238,8 @@ func TestNonAdminIdentitiesForbiddenOnEveryAdminRoute(t *testing.T) {
 		case strings.Contains(rt.path, "{name}") && !strings.HasPrefix(rt.path, "/v1/policy"):
 			path, ct, body = adminRequest(t, rt, "target")
 		}
-		if r := e.do(e.admin, rt.method, path, ct, body); r.status/100 != 2 {
-			t.Errorf("%s %s as admin: %d %s, want 2xx", rt.method, path, r.status, r.body)
+		if r := e.do(e.admin, rt.method, path, ct, body); r.Status/100 != 2 {
+			t.Errorf("%s %s as admin: %d %s, want 2xx", rt.method, path, r.Status, r.Body)
 		}
 	}
 }
@@ -246,14 +247,14 @@ func TestNonAdminIdentitiesForbiddenOnEveryAdminRoute(t *testing.T) {
 // A suspended or revoked admin loses the API at once.
 func TestAdminLosesAccessWhenNotActive(t *testing.T) {
 	e := newEnv(t)
-	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusOK {
-		t.Fatalf("control: %d", r.status)
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("control: %d", r.Status)
 	}
 	if _, err := e.reg.SetStatus("admin-dev", registry.StatusSuspended); err != nil {
 		t.Fatal(err)
 	}
-	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusForbidden {
-		t.Fatalf("suspended admin: %d %s, want 403", r.status, r.body)
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusForbidden {
+		t.Fatalf("suspended admin: %d %s, want 403", r.Status, r.Body)
 	}
 }
 
@@ -293,22 +294,22 @@ func TestTransportRefusesInvalidClientCertificates(t *testing.T) {
 		"SVID of a CA we do not trust":           &rogue,
 	} {
 		t.Run(name, func(t *testing.T) {
-			c := newHTTPClient(t, presenting(e.ca, cert))
+			c := testclient.HTTPClient(t, presenting(e.ca, cert))
 			for _, path := range []string{"/healthz", "/v1/devices"} {
 				r, err := e.try(c, http.MethodGet, path, "", nil, nil)
 				if err == nil {
-					t.Fatalf("GET %s answered %d %s; want the handshake refused", path, r.status, r.body)
+					t.Fatalf("GET %s answered %d %s; want the handshake refused", path, r.Status, r.Body)
 				}
 			}
 		})
 	}
 	// Positive controls: the same client config with a trusted SVID, and
 	// no certificate at all on a route that needs none.
-	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusOK {
-		t.Fatalf("control: %d", r.status)
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("control: %d", r.Status)
 	}
-	if r := e.do(e.anon, http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
-		t.Fatalf("anonymous healthz: %d", r.status)
+	if r := e.do(e.anon, http.MethodGet, "/healthz", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("anonymous healthz: %d", r.Status)
 	}
 }
 
@@ -343,19 +344,19 @@ func TestAnonymousCallers(t *testing.T) {
 		r := e.do(e.anon, rt.method, path, ct, body)
 		switch {
 		case rt.access != publicAccess:
-			if r.status != http.StatusUnauthorized {
-				t.Errorf("%s %s without a certificate: %d %s, want 401", rt.method, path, r.status, r.body)
+			if r.Status != http.StatusUnauthorized {
+				t.Errorf("%s %s without a certificate: %d %s, want 401", rt.method, path, r.Status, r.Body)
 				continue
 			}
-			r.errorMessage(t)
+			r.StrictError(t)
 		case rt.path == "/v1/enroll":
 			// Reached the handler: a bad request, not a transport error.
-			if r.status != http.StatusBadRequest {
-				t.Errorf("enroll without a certificate: %d %s, want 400 (CSR)", r.status, r.body)
+			if r.Status != http.StatusBadRequest {
+				t.Errorf("enroll without a certificate: %d %s, want 400 (CSR)", r.Status, r.Body)
 			}
 		default:
-			if r.status != http.StatusOK {
-				t.Errorf("%s %s without a certificate: %d %s, want 200", rt.method, path, r.status, r.body)
+			if r.Status != http.StatusOK {
+				t.Errorf("%s %s without a certificate: %d %s, want 200", rt.method, path, r.Status, r.Body)
 			}
 		}
 	}
@@ -363,8 +364,8 @@ func TestAnonymousCallers(t *testing.T) {
 		t.Fatalf("%d policy decisions for anonymous callers, want none", n)
 	}
 	// Control: the admin gets through, through the policy.
-	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusOK || decisions.Load() != 1 {
-		t.Fatalf("control: %d, %d decisions", r.status, decisions.Load())
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusOK || decisions.Load() != 1 {
+		t.Fatalf("control: %d, %d decisions", r.Status, decisions.Load())
 	}
 }
 
@@ -406,12 +407,12 @@ func TestHandlerRefusesRequestsWithoutVerifiedPeer(t *testing.T) {
 			req.TLS = tc.tls
 			rec := httptest.NewRecorder()
 			e.srv.Handler().ServeHTTP(rec, req)
-			r := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
-			if r.status != tc.status {
-				t.Fatalf("%d %s, want %d", r.status, r.body, tc.status)
+			r := response{Status: rec.Code, Header: rec.Header(), Body: rec.Body.Bytes()}
+			if r.Status != tc.status {
+				t.Fatalf("%d %s, want %d", r.Status, r.Body, tc.status)
 			}
 			if tc.status != http.StatusOK {
-				r.errorMessage(t)
+				r.StrictError(t)
 			}
 		})
 	}
@@ -487,11 +488,11 @@ func TestBadInputIsA4xxWithJSONError(t *testing.T) {
 				body = []byte(tc.body)
 			}
 			r := e.do(e.admin, tc.method, tc.path, tc.ct, body)
-			if r.status != tc.status {
-				t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, r.status, r.body, tc.status)
+			if r.Status != tc.status {
+				t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, r.Status, r.Body, tc.status)
 			}
-			r.errorMessage(t)
-			if tc.status == http.StatusMethodNotAllowed && r.header.Get("Allow") == "" {
+			r.StrictError(t)
+			if tc.status == http.StatusMethodNotAllowed && r.Header.Get("Allow") == "" {
 				t.Error("405 without an Allow header")
 			}
 		})
@@ -504,8 +505,8 @@ func TestBadInputIsA4xxWithJSONError(t *testing.T) {
 	// Positive control: a well-formed create with every optional field.
 	r := e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: "a.b_c-1",
 		SPIFFEID: "spiffe://example.org/device/a.b_c-1", Labels: map[string]string{"role": "sensor"}})
-	if r.status != http.StatusCreated {
-		t.Fatalf("control: %d %s", r.status, r.body)
+	if r.Status != http.StatusCreated {
+		t.Fatalf("control: %d %s", r.Status, r.Body)
 	}
 	for _, l := range e.logs.requestLogs(t) {
 		if s, _ := l["status"].(float64); s >= 500 {
@@ -521,11 +522,11 @@ func TestSignSVID(t *testing.T) {
 
 	check := func(t *testing.T, r response, key any) {
 		t.Helper()
-		if r.status != http.StatusOK {
-			t.Fatalf("%d %s", r.status, r.body)
+		if r.Status != http.StatusOK {
+			t.Fatalf("%d %s", r.Status, r.Body)
 		}
 		var sv SVIDResponse
-		r.json(t, &sv)
+		r.DecodeJSON(t, &sv)
 		chain := parseChain(t, []byte(sv.SVIDPEM))
 		id, err := e.v.Verify(chain)
 		if err != nil {
@@ -563,7 +564,7 @@ func TestSignSVID(t *testing.T) {
 		r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-1/svid", "application/x-pem-file", csrPEM)
 		check(t, r, key.Public())
 		var sv SVIDResponse
-		r.json(t, &sv)
+		r.DecodeJSON(t, &sv)
 		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 		if err != nil {
 			t.Fatal(err)
@@ -572,13 +573,13 @@ func TestSignSVID(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := newHTTPClient(t, clientTLS(e.ca, &cert))
-		if r := e.do(c, http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
-			t.Fatalf("healthz with the new SVID: %d", r.status)
+		c := testclient.HTTPClient(t, clientTLS(e.ca, &cert))
+		if r := e.do(c, http.MethodGet, "/healthz", "", nil); r.Status != http.StatusOK {
+			t.Fatalf("healthz with the new SVID: %d", r.Status)
 		}
 		// The device is no admin.
-		if r := e.do(c, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusForbidden {
-			t.Fatalf("admin route with a device SVID: %d, want 403", r.status)
+		if r := e.do(c, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusForbidden {
+			t.Fatalf("admin route with a device SVID: %d, want 403", r.Status)
 		}
 		logs := e.logs.requestLogs(t)
 		if last := logs[len(logs)-1]; last["spiffe_id"] != want || last["status"] != float64(403) {
@@ -593,8 +594,8 @@ func TestSignSVIDRefusals(t *testing.T) {
 	e.createDevice("paused", nil)
 	e.createDevice("gone", nil)
 	for _, step := range []struct{ name, action string }{{"paused", "suspend"}, {"gone", "revoke"}} {
-		if r := e.do(e.admin, http.MethodPost, "/v1/devices/"+step.name+"/"+step.action, "", nil); r.status != http.StatusOK {
-			t.Fatalf("%s %s: %d", step.action, step.name, r.status)
+		if r := e.do(e.admin, http.MethodPost, "/v1/devices/"+step.name+"/"+step.action, "", nil); r.Status != http.StatusOK {
+			t.Fatalf("%s %s: %d", step.action, step.name, r.Status)
 		}
 	}
 
@@ -636,10 +637,10 @@ func TestSignSVIDRefusals(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := e.do(e.admin, http.MethodPost, "/v1/devices/"+tc.device+"/svid", tc.ct, tc.body)
-			if r.status != tc.status {
-				t.Fatalf("%d %s, want %d", r.status, r.body, tc.status)
+			if r.Status != tc.status {
+				t.Fatalf("%d %s, want %d", r.Status, r.Body, tc.status)
 			}
-			msg := r.errorMessage(t)
+			msg := r.StrictError(t)
 			// Refused before signing, not only by the re-check after it.
 			if tc.status == http.StatusConflict && !strings.Contains(msg, "only an active device") {
 				t.Errorf("409 message %q", msg)
@@ -647,15 +648,15 @@ func TestSignSVIDRefusals(t *testing.T) {
 		})
 	}
 	// Positive control: the good CSR for the active device.
-	if r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-1/svid", "application/x-pem-file", good); r.status != http.StatusOK {
-		t.Fatalf("control: %d %s", r.status, r.body)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/sensor-1/svid", "application/x-pem-file", good); r.Status != http.StatusOK {
+		t.Fatalf("control: %d %s", r.Status, r.Body)
 	}
 	// And a resumed device gets its SVID again.
-	if r := e.do(e.admin, http.MethodPost, "/v1/devices/paused/resume", "", nil); r.status != http.StatusOK {
-		t.Fatalf("resume: %d", r.status)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/paused/resume", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("resume: %d", r.Status)
 	}
-	if r := e.do(e.admin, http.MethodPost, "/v1/devices/paused/svid", "application/x-pem-file", good); r.status != http.StatusOK {
-		t.Fatalf("resumed device: %d %s", r.status, r.body)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/paused/svid", "application/x-pem-file", good); r.Status != http.StatusOK {
+		t.Fatalf("resumed device: %d %s", r.Status, r.Body)
 	}
 }
 
@@ -664,9 +665,9 @@ func TestHealthz(t *testing.T) {
 	for _, c := range []*http.Client{e.admin, e.device, e.stranger} {
 		r := e.do(c, http.MethodGet, "/healthz", "", nil)
 		var h Health
-		r.json(t, &h)
-		if r.status != http.StatusOK || h.Status != "ok" {
-			t.Fatalf("%d %s", r.status, r.body)
+		r.DecodeJSON(t, &h)
+		if r.Status != http.StatusOK || h.Status != "ok" {
+			t.Fatalf("%d %s", r.Status, r.Body)
 		}
 	}
 }
@@ -674,14 +675,14 @@ func TestHealthz(t *testing.T) {
 func TestMetricsRequireAdmin(t *testing.T) {
 	e := newEnv(t)
 	for _, c := range []*http.Client{e.device, e.stranger} {
-		if r := e.do(c, http.MethodGet, "/metrics", "", nil); r.status != http.StatusForbidden {
-			t.Fatalf("non-admin: %d, want 403", r.status)
+		if r := e.do(c, http.MethodGet, "/metrics", "", nil); r.Status != http.StatusForbidden {
+			t.Fatalf("non-admin: %d, want 403", r.Status)
 		}
 	}
 	e.do(e.admin, http.MethodGet, "/v1/devices", "", nil)
 	r := e.do(e.admin, http.MethodGet, "/metrics", "", nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("admin: %d %s", r.status, r.body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("admin: %d %s", r.Status, r.Body)
 	}
 	for _, want := range []string{
 		`ztgate_api_requests_total{code="200",method="GET",route="GET /v1/devices"} 1`,
@@ -690,7 +691,7 @@ func TestMetricsRequireAdmin(t *testing.T) {
 		"go_goroutines",
 		"process_",
 	} {
-		if !strings.Contains(string(r.body), want) {
+		if !strings.Contains(string(r.Body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
@@ -700,8 +701,8 @@ func TestSessions(t *testing.T) {
 	t.Run("no provider", func(t *testing.T) {
 		e := newEnv(t)
 		r := e.do(e.admin, http.MethodGet, "/v1/sessions", "", nil)
-		if r.status != http.StatusOK || strings.TrimSpace(string(r.body)) != "[]" {
-			t.Fatalf("%d %s, want 200 []", r.status, r.body)
+		if r.Status != http.StatusOK || strings.TrimSpace(string(r.Body)) != "[]" {
+			t.Fatalf("%d %s, want 200 []", r.Status, r.Body)
 		}
 	})
 	t.Run("provider", func(t *testing.T) {
@@ -711,15 +712,15 @@ func TestSessions(t *testing.T) {
 		e := newEnv(t, func(c *Config) { c.Sessions = func() []brokerview.Session { return sessions } })
 		r := e.do(e.admin, http.MethodGet, "/v1/sessions", "", nil)
 		var raw []map[string]any
-		r.json(t, &raw)
+		r.DecodeJSON(t, &raw)
 		want := []map[string]any{{"client_id": "c1", "spiffe_id": "spiffe://example.org/device/sensor-0",
 			"device": "sensor-0", "remote_addr": "127.0.0.1:5000", "protocol_version": float64(5),
 			"connected_at": "2026-11-28T12:00:00Z"}}
 		if !reflect.DeepEqual(raw, want) {
 			t.Fatalf("sessions %v, want %v", raw, want)
 		}
-		if r := e.do(e.device, http.MethodGet, "/v1/sessions", "", nil); r.status != http.StatusForbidden {
-			t.Fatalf("device: %d, want 403", r.status)
+		if r := e.do(e.device, http.MethodGet, "/v1/sessions", "", nil); r.Status != http.StatusForbidden {
+			t.Fatalf("device: %d, want 403", r.Status)
 		}
 	})
 }
@@ -782,8 +783,8 @@ func TestDecisionErrorFailsClosed(t *testing.T) {
 			return policy.Decision{Allow: true, Err: context.DeadlineExceeded}
 		})
 	})
-	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusForbidden {
-		t.Fatalf("%d %s, want 403", r.status, r.body)
+	if r := e.do(e.admin, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusForbidden {
+		t.Fatalf("%d %s, want 403", r.Status, r.Body)
 	}
 }
 
@@ -797,17 +798,17 @@ func TestCrossOriginRequestsRefused(t *testing.T) {
 		{"Origin": {"https://evil.example"}},
 	} {
 		r, err := e.try(e.admin, http.MethodPost, "/v1/devices", "application/json", body, h)
-		if err != nil || r.status != http.StatusForbidden {
-			t.Fatalf("cross-origin %v: %d %v, want 403", h, r.status, err)
+		if err != nil || r.Status != http.StatusForbidden {
+			t.Fatalf("cross-origin %v: %d %v, want 403", h, r.Status, err)
 		}
-		r.errorMessage(t)
+		r.StrictError(t)
 	}
 	if _, err := e.reg.Get("csrf"); err == nil {
 		t.Fatal("cross-origin create succeeded")
 	}
 	// Control: the same request from a non-browser client.
-	if r := e.do(e.admin, http.MethodPost, "/v1/devices", "application/json", body); r.status != http.StatusCreated {
-		t.Fatalf("control: %d %s", r.status, r.body)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices", "application/json", body); r.Status != http.StatusCreated {
+		t.Fatalf("control: %d %s", r.Status, r.Body)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/policy/defaultpolicy"
 	"github.com/ztgate/ztgate/registry"
@@ -108,11 +109,7 @@ func newBenchAPI(b *testing.B) *benchAPI {
 // client returns an HTTP client presenting cert (none if nil); keepAlive
 // false makes every request a new connection with a full mTLS handshake.
 func (a *benchAPI) client(b *testing.B, cert *tls.Certificate, keepAlive bool) *http.Client {
-	cfg := &tls.Config{RootCAs: a.roots, MinVersion: tls.VersionTLS12}
-	if cert != nil {
-		cfg.Certificates = []tls.Certificate{*cert}
-	}
-	tr := &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 64}
+	tr := &http.Transport{TLSClientConfig: testclient.TLSConfig(a.roots, cert), DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 64}
 	b.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }

@@ -32,11 +32,11 @@ func TestEnrollRetryWithTheSameKey(t *testing.T) {
 	}
 	check := func(r response) {
 		t.Helper()
-		if r.status != http.StatusOK {
-			t.Fatalf("%d %s, want 200", r.status, r.body)
+		if r.Status != http.StatusOK {
+			t.Fatalf("%d %s, want 200", r.Status, r.Body)
 		}
 		var sv SVIDResponse
-		r.json(t, &sv)
+		r.DecodeJSON(t, &sv)
 		chain := parseChain(t, []byte(sv.SVIDPEM))
 		id, err := e.v.Verify(chain)
 		if err != nil || id.String() != tr.SPIFFEID || sv.SPIFFEID != tr.SPIFFEID {
@@ -52,8 +52,8 @@ func TestEnrollRetryWithTheSameKey(t *testing.T) {
 	check(enroll(csrFor(t, key))) // a new CSR for the same key
 
 	_, otherCSR := newCSR(t, nil)
-	if r := enroll(otherCSR); r.status != http.StatusUnauthorized || strings.TrimSpace(string(r.body)) != `{"error":"invalid token"}` {
-		t.Fatalf("used token, another key: %d %s, want 401 invalid token", r.status, r.body)
+	if r := enroll(otherCSR); r.Status != http.StatusUnauthorized || strings.TrimSpace(string(r.Body)) != `{"error":"invalid token"}` {
+		t.Fatalf("used token, another key: %d %s, want 401 invalid token", r.Status, r.Body)
 	}
 
 	// The retries are audited as such, beside the one redemption.
@@ -74,8 +74,8 @@ func TestEnrollRetryWithTheSameKey(t *testing.T) {
 	if _, err := e.reg.SetStatus("meter-1", registry.StatusSuspended); err != nil {
 		t.Fatal(err)
 	}
-	if r := enroll(csrFor(t, key)); r.status != http.StatusUnauthorized {
-		t.Fatalf("suspended device, same key: %d %s, want 401", r.status, r.body)
+	if r := enroll(csrFor(t, key)); r.Status != http.StatusUnauthorized {
+		t.Fatalf("suspended device, same key: %d %s, want 401", r.Status, r.Body)
 	}
 	if _, err := e.reg.SetStatus("meter-1", registry.StatusActive); err != nil {
 		t.Fatal(err)
@@ -84,7 +84,7 @@ func TestEnrollRetryWithTheSameKey(t *testing.T) {
 
 	// The token's life bounds the retries.
 	e.clock.Advance(11 * time.Minute)
-	if r := enroll(csrFor(t, key)); r.status != http.StatusUnauthorized {
-		t.Fatalf("expired token, same key: %d %s, want 401", r.status, r.body)
+	if r := enroll(csrFor(t, key)); r.Status != http.StatusUnauthorized {
+		t.Fatalf("expired token, same key: %d %s, want 401", r.Status, r.Body)
 	}
 }

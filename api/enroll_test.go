@@ -17,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -30,10 +31,10 @@ func TestCreateToken(t *testing.T) {
 		status int
 	}{{"device", e.device, 403}, {"unenrolled", e.stranger, 403}, {"anonymous", e.anon, 401}} {
 		r := e.postJSON(who.c, "/v1/tokens", TokenRequest{Name: "meter-1"})
-		if r.status != who.status {
-			t.Errorf("%s: %d %s, want %d", who.name, r.status, r.body, who.status)
+		if r.Status != who.status {
+			t.Errorf("%s: %d %s, want %d", who.name, r.Status, r.Body, who.status)
 		}
-		r.errorMessage(t)
+		r.StrictError(t)
 	}
 	if _, err := e.reg.Get("meter-1"); err == nil {
 		t.Fatal("a refused token request registered the device")
@@ -41,15 +42,15 @@ func TestCreateToken(t *testing.T) {
 
 	before := time.Now()
 	r := e.postJSON(e.admin, "/v1/tokens", TokenRequest{Name: "meter-1", TTL: "30m", Labels: map[string]string{"site": "a"}})
-	if r.status != http.StatusCreated {
-		t.Fatalf("admin: %d %s", r.status, r.body)
+	if r.Status != http.StatusCreated {
+		t.Fatalf("admin: %d %s", r.Status, r.Body)
 	}
 	var tr TokenResponse
-	r.json(t, &tr)
-	if loc := r.header.Get("Location"); loc != "/v1/devices/meter-1" {
+	r.DecodeJSON(t, &tr)
+	if loc := r.Header.Get("Location"); loc != "/v1/devices/meter-1" {
 		t.Errorf("Location %q", loc)
 	}
-	if cc := r.header.Get("Cache-Control"); cc != "no-store" {
+	if cc := r.Header.Get("Cache-Control"); cc != "no-store" {
 		t.Errorf("Cache-Control %q: a token must not be cached", cc)
 	}
 	if tr.Token == "" || registry.TokenID(tr.Token) == "" {
@@ -94,17 +95,17 @@ func TestCreateToken(t *testing.T) {
 		{TokenRequest{Name: "m", Labels: map[string]string{"bad key": "v"}}, 400},
 		{TokenRequest{Name: "sensor-0"}, 409}, // active already
 	} {
-		if r := e.postJSON(e.admin, "/v1/tokens", tc.req); r.status != tc.status {
-			t.Errorf("%+v: %d %s, want %d", tc.req, r.status, r.body, tc.status)
+		if r := e.postJSON(e.admin, "/v1/tokens", tc.req); r.Status != tc.status {
+			t.Errorf("%+v: %d %s, want %d", tc.req, r.Status, r.Body, tc.status)
 		}
 	}
 	// Asking again for a pending device replaces its token.
 	again := e.createToken("meter-1", "1h", nil)
-	if r, _ := e.enroll(e.anon, tr.Token); r.status != http.StatusUnauthorized {
-		t.Fatalf("replaced token: %d %s, want 401", r.status, r.body)
+	if r, _ := e.enroll(e.anon, tr.Token); r.Status != http.StatusUnauthorized {
+		t.Fatalf("replaced token: %d %s, want 401", r.Status, r.Body)
 	}
-	if r, _ := e.enroll(e.anon, again.Token); r.status != http.StatusOK {
-		t.Fatalf("new token: %d %s", r.status, r.body)
+	if r, _ := e.enroll(e.anon, again.Token); r.Status != http.StatusOK {
+		t.Fatalf("new token: %d %s", r.Status, r.Body)
 	}
 }
 
@@ -119,14 +120,14 @@ func TestEnrollWithBootstrapToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.ServerName = "localhost"
-	device := newHTTPClient(t, cfg)
+	device := testclient.HTTPClient(t, cfg)
 
 	r, key := e.enroll(device, tr.Token)
-	if r.status != http.StatusOK {
-		t.Fatalf("enroll: %d %s", r.status, r.body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("enroll: %d %s", r.Status, r.Body)
 	}
 	var sv SVIDResponse
-	r.json(t, &sv)
+	r.DecodeJSON(t, &sv)
 	chain := parseChain(t, []byte(sv.SVIDPEM))
 	id, err := e.v.Verify(chain)
 	if err != nil {
@@ -148,18 +149,18 @@ func TestEnrollWithBootstrapToken(t *testing.T) {
 
 	// The SVID works: the device authenticates with it (and is no admin).
 	c := e.svidClient(sv, key)
-	if r := e.do(c, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusForbidden {
-		t.Fatalf("enrolled device on an admin route: %d, want 403", r.status)
+	if r := e.do(c, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusForbidden {
+		t.Fatalf("enrolled device on an admin route: %d, want 403", r.Status)
 	}
 	_, csrPEM := newCSR(t, nil)
-	if r := e.do(c, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csrPEM); r.status != http.StatusOK {
-		t.Fatalf("renew with the enrolled SVID: %d %s", r.status, r.body)
+	if r := e.do(c, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csrPEM); r.Status != http.StatusOK {
+		t.Fatalf("renew with the enrolled SVID: %d %s", r.Status, r.Body)
 	}
 
 	// The token is single-use.
 	r, _ = e.enroll(device, tr.Token)
-	if r.status != http.StatusUnauthorized || strings.TrimSpace(string(r.body)) != `{"error":"invalid token"}` {
-		t.Fatalf("reused token: %d %s, want 401 invalid token", r.status, r.body)
+	if r.Status != http.StatusUnauthorized || strings.TrimSpace(string(r.Body)) != `{"error":"invalid token"}` {
+		t.Fatalf("reused token: %d %s, want 401 invalid token", r.Status, r.Body)
 	}
 }
 
@@ -169,12 +170,12 @@ func TestEnrollRefusesBadTokens(t *testing.T) {
 	good := e.createToken("good", "1h", nil)
 	short := e.createToken("short", "1m", nil)
 	used := e.createToken("used", "1h", nil)
-	if r, _ := e.enroll(e.anon, used.Token); r.status != http.StatusOK {
-		t.Fatalf("first use: %d %s", r.status, r.body)
+	if r, _ := e.enroll(e.anon, used.Token); r.Status != http.StatusOK {
+		t.Fatalf("first use: %d %s", r.Status, r.Body)
 	}
 	revoked := e.createToken("gone", "1h", nil)
-	if r := e.do(e.admin, http.MethodPost, "/v1/devices/gone/revoke", "", nil); r.status != http.StatusOK {
-		t.Fatalf("revoke: %d", r.status)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/gone/revoke", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("revoke: %d", r.Status)
 	}
 	id := registry.TokenID(good.Token)
 	wrongSecret := "ztb_" + id + "." + strings.Repeat("A", 43)
@@ -196,10 +197,10 @@ func TestEnrollRefusesBadTokens(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e.clock.Advance(tc.advance)
 			r, _ := e.enroll(e.anon, tc.token)
-			if r.status != http.StatusUnauthorized {
-				t.Fatalf("%d %s, want 401", r.status, r.body)
+			if r.Status != http.StatusUnauthorized {
+				t.Fatalf("%d %s, want 401", r.Status, r.Body)
 			}
-			if got := strings.TrimSpace(string(r.body)); got != `{"error":"invalid token"}` {
+			if got := strings.TrimSpace(string(r.Body)); got != `{"error":"invalid token"}` {
 				t.Fatalf("body %s tells more than \"invalid token\"", got)
 			}
 		})
@@ -209,8 +210,8 @@ func TestEnrollRefusesBadTokens(t *testing.T) {
 	if d, _ := e.reg.Get("short"); d.Status != registry.StatusPending {
 		t.Fatalf("expired token's device is %s", d.Status)
 	}
-	if r, _ := e.enroll(e.anon, good.Token); r.status != http.StatusOK {
-		t.Fatalf("control: good token: %d %s", r.status, r.body)
+	if r, _ := e.enroll(e.anon, good.Token); r.Status != http.StatusOK {
+		t.Fatalf("control: good token: %d %s", r.Status, r.Body)
 	}
 	// The log names refused tokens by ID, never by secret.
 	logs := e.logs.String()
@@ -244,19 +245,19 @@ func TestTokenYieldsOnlyItsOwnID(t *testing.T) {
 		"a spiffe_id field":           `{"token":"` + alpha.Token + `","csr":"x","spiffe_id":"spiffe://example.org/device/beta"}`,
 	} {
 		r := e.do(e.anon, http.MethodPost, "/v1/enroll", "application/json", []byte(body))
-		if r.status != http.StatusBadRequest {
-			t.Errorf("%s: %d %s, want 400", name, r.status, r.body)
+		if r.Status != http.StatusBadRequest {
+			t.Errorf("%s: %d %s, want 400", name, r.Status, r.Body)
 		}
 	}
 	// None of that spent alpha's token, and a subject naming beta is
 	// ignored: the SVID is alpha's.
 	_, namesBeta := newCSR(t, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "beta"}})
 	r := e.postJSON(e.anon, "/v1/enroll", EnrollRequest{Token: alpha.Token, CSR: string(namesBeta)})
-	if r.status != http.StatusOK {
-		t.Fatalf("alpha: %d %s", r.status, r.body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("alpha: %d %s", r.Status, r.Body)
 	}
 	var sv SVIDResponse
-	r.json(t, &sv)
+	r.DecodeJSON(t, &sv)
 	id, err := e.v.Verify(parseChain(t, []byte(sv.SVIDPEM)))
 	if err != nil || id.String() != "spiffe://example.org/device/alpha" {
 		t.Fatalf("alpha's token yielded %s (%v)", id, err)
@@ -284,19 +285,19 @@ func TestEnrollRateLimit(t *testing.T) {
 	// The first attempts pass the limiter and reach the token check (the
 	// positive control: 401, not 429).
 	for i := range burst {
-		if r, _ := e.enroll(e.anon, "ztb_guess"); r.status != http.StatusUnauthorized {
-			t.Fatalf("attempt %d: %d %s, want 401", i+1, r.status, r.body)
+		if r, _ := e.enroll(e.anon, "ztb_guess"); r.Status != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d %s, want 401", i+1, r.Status, r.Body)
 		}
 	}
 	r, _ := e.enroll(e.anon, "ztb_guess")
-	if r.status != http.StatusTooManyRequests || r.header.Get("Retry-After") != "1" {
-		t.Fatalf("over the burst: %d Retry-After %q %s, want 429", r.status, r.header.Get("Retry-After"), r.body)
+	if r.Status != http.StatusTooManyRequests || r.Header.Get("Retry-After") != "1" {
+		t.Fatalf("over the burst: %d Retry-After %q %s, want 429", r.Status, r.Header.Get("Retry-After"), r.Body)
 	}
-	r.errorMessage(t)
+	r.StrictError(t)
 	// The limit comes before the token is looked at: a good token is
 	// refused too, and not spent.
-	if r, _ := e.enroll(e.anon, tr.Token); r.status != http.StatusTooManyRequests {
-		t.Fatalf("good token over the limit: %d %s, want 429", r.status, r.body)
+	if r, _ := e.enroll(e.anon, tr.Token); r.Status != http.StatusTooManyRequests {
+		t.Fatalf("good token over the limit: %d %s, want 429", r.Status, r.Body)
 	}
 	if d, _ := e.reg.Get("meter-1"); d.Status != registry.StatusPending {
 		t.Fatalf("a rate-limited request enrolled the device: %s", d.Status)
@@ -316,8 +317,8 @@ func TestEnrollRateLimit(t *testing.T) {
 
 	// A second later one more attempt is allowed.
 	e.clock.Advance(time.Second)
-	if r, _ := e.enroll(e.anon, tr.Token); r.status != http.StatusOK {
-		t.Fatalf("after a second: %d %s", r.status, r.body)
+	if r, _ := e.enroll(e.anon, tr.Token); r.Status != http.StatusOK {
+		t.Fatalf("after a second: %d %s", r.Status, r.Body)
 	}
 
 	m := e.do(e.admin, http.MethodGet, "/metrics", "", nil)
@@ -326,7 +327,7 @@ func TestEnrollRateLimit(t *testing.T) {
 		`ztgate_api_enrollments_total{result="invalid_token"} 4`,
 		`ztgate_api_enrollments_total{result="ok"} 1`,
 	} {
-		if !strings.Contains(string(m.body), want) {
+		if !strings.Contains(string(m.Body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
@@ -392,11 +393,11 @@ func TestRenewSVID(t *testing.T) {
 	}
 
 	r := renew(e.device)
-	if r.status != http.StatusOK {
-		t.Fatalf("renew: %d %s", r.status, r.body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("renew: %d %s", r.Status, r.Body)
 	}
 	var sv SVIDResponse
-	r.json(t, &sv)
+	r.DecodeJSON(t, &sv)
 	chain := parseChain(t, []byte(sv.SVIDPEM))
 	id, err := e.v.Verify(chain)
 	if err != nil || id != devID || sv.SPIFFEID != devID.String() {
@@ -410,26 +411,26 @@ func TestRenewSVID(t *testing.T) {
 	if _, err := e.reg.SetStatus("sensor-0", registry.StatusSuspended); err != nil {
 		t.Fatal(err)
 	}
-	if r := renew(e.device); r.status != http.StatusForbidden || !strings.Contains(r.errorMessage(t), "suspended") {
-		t.Fatalf("suspended device: %d %s, want 403", r.status, r.body)
+	if r := renew(e.device); r.Status != http.StatusForbidden || !strings.Contains(r.StrictError(t), "suspended") {
+		t.Fatalf("suspended device: %d %s, want 403", r.Status, r.Body)
 	}
 	if _, err := e.reg.SetStatus("sensor-0", registry.StatusActive); err != nil {
 		t.Fatal(err)
 	}
-	if r := renew(e.device); r.status != http.StatusOK {
-		t.Fatalf("resumed device: %d %s", r.status, r.body)
+	if r := renew(e.device); r.Status != http.StatusOK {
+		t.Fatalf("resumed device: %d %s", r.Status, r.Body)
 	}
-	if r := renew(e.stranger); r.status != http.StatusForbidden {
-		t.Fatalf("unenrolled identity: %d %s, want 403", r.status, r.body)
+	if r := renew(e.stranger); r.Status != http.StatusForbidden {
+		t.Fatalf("unenrolled identity: %d %s, want 403", r.Status, r.Body)
 	}
-	if r := renew(e.anon); r.status != http.StatusUnauthorized {
-		t.Fatalf("no certificate: %d %s, want 401", r.status, r.body)
+	if r := renew(e.anon); r.Status != http.StatusUnauthorized {
+		t.Fatalf("no certificate: %d %s, want 401", r.Status, r.Body)
 	}
 	if _, err := e.reg.SetStatus("sensor-0", registry.StatusRevoked); err != nil {
 		t.Fatal(err)
 	}
-	if r := renew(e.device); r.status != http.StatusForbidden {
-		t.Fatalf("revoked device: %d %s, want 403", r.status, r.body)
+	if r := renew(e.device); r.Status != http.StatusForbidden {
+		t.Fatalf("revoked device: %d %s, want 403", r.Status, r.Body)
 	}
 
 	// Each refusal is in the audit log, under the caller's identity.
@@ -456,8 +457,8 @@ func TestRenewIsNotRateLimitedAsEnrollment(t *testing.T) {
 	e.clock.Freeze()
 	for i := range 3 {
 		_, csrPEM := newCSR(t, nil)
-		if r := e.do(e.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csrPEM); r.status != http.StatusOK {
-			t.Fatalf("renewal %d: %d %s", i+1, r.status, r.body)
+		if r := e.do(e.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csrPEM); r.Status != http.StatusOK {
+			t.Fatalf("renewal %d: %d %s", i+1, r.Status, r.Body)
 		}
 	}
 }

@@ -3,7 +3,6 @@ package api
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
@@ -27,6 +26,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/policy/defaultpolicy"
@@ -135,7 +135,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	e.admin = e.clientFor(adminID)
 	e.device = e.clientFor(devID)
 	e.stranger = e.clientFor(spiffeid.RequireFromPath(td, "/device/ghost"))
-	e.anon = newHTTPClient(t, clientTLS(ca, nil))
+	e.anon = testclient.HTTPClient(t, clientTLS(ca, nil))
 	return e
 }
 
@@ -242,7 +242,7 @@ func (e *env) raw(c *http.Client, method, target, contentType string, body []byt
 	if err != nil {
 		e.t.Fatalf("%s %s: body: %v", method, target, err)
 	}
-	return response{status: resp.StatusCode, header: resp.Header, body: b}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}
 }
 
 // testClock is the server's clock in tests: real time moved by an offset,
@@ -284,17 +284,7 @@ func (c *testClock) Freeze() {
 func clientTLS(ca *identity.CA, cert *tls.Certificate) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.BundlePEM())
-	c := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if cert != nil {
-		c.Certificates = []tls.Certificate{*cert}
-	}
-	return c
-}
-
-func newHTTPClient(t *testing.T, cfg *tls.Config) *http.Client {
-	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return testclient.TLSConfig(pool, cert)
 }
 
 // clientFor returns a client holding a fresh SVID for id.
@@ -308,40 +298,13 @@ func (e *env) clientFor(id spiffeid.ID) *http.Client {
 	if err != nil {
 		e.t.Fatalf("key pair: %v", err)
 	}
-	return newHTTPClient(e.t, clientTLS(e.ca, &cert))
+	return testclient.HTTPClient(e.t, clientTLS(e.ca, &cert))
 }
 
-// response is a finished request: status, headers and body.
-type response struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-func (r response) json(t *testing.T, v any) {
-	t.Helper()
-	if ct := r.header.Get("Content-Type"); ct != "application/json" {
-		t.Fatalf("Content-Type %q, want application/json; body %s", ct, r.body)
-	}
-	if err := json.Unmarshal(r.body, v); err != nil {
-		t.Fatalf("decode %s: %v", r.body, err)
-	}
-}
-
-// errorMessage asserts the body is the JSON error form and returns its message.
-func (r response) errorMessage(t *testing.T) string {
-	t.Helper()
-	var er ErrorResponse
-	dec := json.NewDecoder(bytes.NewReader(r.body))
-	dec.DisallowUnknownFields()
-	if ct := r.header.Get("Content-Type"); ct != "application/json" {
-		t.Fatalf("error Content-Type %q, want application/json; body %s", ct, r.body)
-	}
-	if err := dec.Decode(&er); err != nil || er.Error == "" {
-		t.Fatalf("error body %q is not {\"error\": \"...\"} (%v)", r.body, err)
-	}
-	return er.Error
-}
+// response is a finished request: status, headers and body. The tests
+// read the API's answers with DecodeJSON and its errors with StrictError:
+// Content-Type application/json, and nothing but {"error": "..."}.
+type response = testclient.Response
 
 // do sends a request; contentType "" sends none.
 func (e *env) do(c *http.Client, method, path, contentType string, body []byte) response {
@@ -353,33 +316,9 @@ func (e *env) do(c *http.Client, method, path, contentType string, body []byte) 
 	return resp
 }
 
+// try is do returning the transport error instead of failing the test.
 func (e *env) try(c *http.Client, method, path, contentType string, body []byte, hdr http.Header) (response, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, e.base+path, rd)
-	if err != nil {
-		return response{}, err
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	for k, vs := range hdr {
-		req.Header[k] = vs
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return response{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return response{}, err
-	}
-	return response{status: resp.StatusCode, header: resp.Header, body: b}, nil
+	return testclient.Do(c, method, e.base+path, contentType, body, hdr)
 }
 
 func (e *env) postJSON(c *http.Client, path string, v any) response {
@@ -395,11 +334,11 @@ func (e *env) postJSON(c *http.Client, path string, v any) response {
 func (e *env) createDevice(name string, labels map[string]string) Device {
 	e.t.Helper()
 	r := e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: name, Labels: labels})
-	if r.status != http.StatusCreated {
-		e.t.Fatalf("create %s: %d %s", name, r.status, r.body)
+	if r.Status != http.StatusCreated {
+		e.t.Fatalf("create %s: %d %s", name, r.Status, r.Body)
 	}
 	var d Device
-	r.json(e.t, &d)
+	r.DecodeJSON(e.t, &d)
 	return d
 }
 
@@ -451,11 +390,11 @@ func (b *lockedBuffer) requestLogs(t *testing.T) []map[string]any {
 func (e *env) createToken(name, ttl string, labels map[string]string) TokenResponse {
 	e.t.Helper()
 	r := e.postJSON(e.admin, "/v1/tokens", TokenRequest{Name: name, TTL: ttl, Labels: labels})
-	if r.status != http.StatusCreated {
-		e.t.Fatalf("token for %s: %d %s", name, r.status, r.body)
+	if r.Status != http.StatusCreated {
+		e.t.Fatalf("token for %s: %d %s", name, r.Status, r.Body)
 	}
 	var tr TokenResponse
-	r.json(e.t, &tr)
+	r.DecodeJSON(e.t, &tr)
 	return tr
 }
 
@@ -477,7 +416,7 @@ func (e *env) svidClient(sv SVIDResponse, key *ecdsa.PrivateKey) *http.Client {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return newHTTPClient(e.t, clientTLS(e.ca, &cert))
+	return testclient.HTTPClient(e.t, clientTLS(e.ca, &cert))
 }
 
 // auditEntries returns the whole audit log through the API.
@@ -487,11 +426,11 @@ func (e *env) auditEntries() []AuditEntry {
 	var after uint64
 	for range 1000 {
 		r := e.do(e.admin, http.MethodGet, "/v1/audit?limit=1000&after="+strconv.FormatUint(after, 10), "", nil)
-		if r.status != http.StatusOK {
-			e.t.Fatalf("audit: %d %s", r.status, r.body)
+		if r.Status != http.StatusOK {
+			e.t.Fatalf("audit: %d %s", r.Status, r.Body)
 		}
 		var page AuditList
-		r.json(e.t, &page)
+		r.DecodeJSON(e.t, &page)
 		out = append(out, page.Entries...)
 		if page.Next == 0 {
 			return out

@@ -28,11 +28,11 @@ func (e *env) listNames(query string, limit int) []string {
 			q.Set("after", after)
 		}
 		r := e.do(e.admin, http.MethodGet, "/v1/devices?"+q.Encode(), "", nil)
-		if r.status != http.StatusOK {
-			e.t.Fatalf("list %s: %d %s", q.Encode(), r.status, r.body)
+		if r.Status != http.StatusOK {
+			e.t.Fatalf("list %s: %d %s", q.Encode(), r.Status, r.Body)
 		}
 		var page DeviceList
-		r.json(e.t, &page)
+		r.DecodeJSON(e.t, &page)
 		if len(page.Devices) > limit {
 			e.t.Fatalf("page of %d devices, limit %d", len(page.Devices), limit)
 		}
@@ -69,8 +69,8 @@ func TestListDevicesSelectorsAndPages(t *testing.T) {
 	for _, d := range fleet {
 		e.createDevice(d.name, map[string]string{"site": d.site, "role": d.role})
 		if d.suspend {
-			if r := e.do(e.admin, http.MethodPost, "/v1/devices/"+d.name+"/suspend", "", nil); r.status != http.StatusOK {
-				t.Fatal(r.status)
+			if r := e.do(e.admin, http.MethodPost, "/v1/devices/"+d.name+"/suspend", "", nil); r.Status != http.StatusOK {
+				t.Fatal(r.Status)
 			}
 		}
 	}
@@ -97,7 +97,7 @@ func TestListDevicesSelectorsAndPages(t *testing.T) {
 	// The cursor is exact: a page starts right after it.
 	r := e.do(e.admin, http.MethodGet, "/v1/devices?limit=2&after=a-2", "", nil)
 	var page DeviceList
-	r.json(t, &page)
+	r.DecodeJSON(t, &page)
 	if len(page.Devices) != 2 || page.Devices[0].Name != "a-3" || page.Next != "a-4" {
 		t.Fatalf("page after a-2: %+v", page)
 	}
@@ -114,11 +114,11 @@ func TestListDevicesSelectorsAndPages(t *testing.T) {
 		"status=active&status=suspended", // given twice
 	} {
 		r := e.do(e.admin, http.MethodGet, "/v1/devices?"+q, "", nil)
-		if r.status != http.StatusBadRequest {
-			t.Errorf("%q: %d %s, want 400", q, r.status, r.body)
+		if r.Status != http.StatusBadRequest {
+			t.Errorf("%q: %d %s, want 400", q, r.Status, r.Body)
 			continue
 		}
-		r.errorMessage(t)
+		r.StrictError(t)
 	}
 }
 
@@ -141,11 +141,11 @@ func TestImportDevices(t *testing.T) {
 
 	results := func(r response) []ImportResult {
 		t.Helper()
-		if r.status != http.StatusOK {
-			t.Fatalf("import: %d %s", r.status, r.body)
+		if r.Status != http.StatusOK {
+			t.Fatalf("import: %d %s", r.Status, r.Body)
 		}
 		var out ImportResponse
-		r.json(t, &out)
+		r.DecodeJSON(t, &out)
 		if len(out.Results) != len(req.Devices) {
 			t.Fatalf("%d results for %d rows", len(out.Results), len(req.Devices))
 		}
@@ -225,12 +225,12 @@ func TestImportDevices(t *testing.T) {
 	for i := range big.Devices {
 		big.Devices[i].Name = fmt.Sprintf("bulk-%d", i)
 	}
-	if r := e.postJSON(e.admin, "/v1/devices/import", big); r.status != http.StatusBadRequest {
-		t.Fatalf("%d rows: %d, want 400", len(big.Devices), r.status)
+	if r := e.postJSON(e.admin, "/v1/devices/import", big); r.Status != http.StatusBadRequest {
+		t.Fatalf("%d rows: %d, want 400", len(big.Devices), r.Status)
 	}
 	big.Devices = big.Devices[:maxImportRows]
-	if r := e.postJSON(e.device, "/v1/devices/import", big); r.status != http.StatusForbidden {
-		t.Fatalf("device: %d, want 403", r.status)
+	if r := e.postJSON(e.device, "/v1/devices/import", big); r.Status != http.StatusForbidden {
+		t.Fatalf("device: %d, want 403", r.Status)
 	}
 	if _, err := e.reg.Get("bulk-0"); err == nil {
 		t.Fatal("a refused import created devices")
@@ -238,9 +238,9 @@ func TestImportDevices(t *testing.T) {
 	// Control: the largest allowed import, as an admin.
 	r := e.postJSON(e.admin, "/v1/devices/import", big)
 	var out ImportResponse
-	r.json(t, &out)
-	if r.status != http.StatusOK || len(out.Results) != maxImportRows || out.Results[maxImportRows-1].Result != "created" {
-		t.Fatalf("%d rows: %d", maxImportRows, r.status)
+	r.DecodeJSON(t, &out)
+	if r.Status != http.StatusOK || len(out.Results) != maxImportRows || out.Results[maxImportRows-1].Result != "created" {
+		t.Fatalf("%d rows: %d", maxImportRows, r.Status)
 	}
 }
 
@@ -255,11 +255,11 @@ func TestAuditTrail(t *testing.T) {
 	_, csrPEM := newCSR(t, nil)
 	e.do(e.admin, http.MethodPost, "/v1/devices/sensor-0/svid", "application/x-pem-file", csrPEM)
 	tr := e.createToken("meter-2", "1h", nil)
-	if r, _ := e.enroll(e.anon, "ztb_0123456789abcdef."+strings.Repeat("A", 43)); r.status != http.StatusUnauthorized {
-		t.Fatal(r.status)
+	if r, _ := e.enroll(e.anon, "ztb_0123456789abcdef."+strings.Repeat("A", 43)); r.Status != http.StatusUnauthorized {
+		t.Fatal(r.Status)
 	}
-	if r, _ := e.enroll(e.anon, tr.Token); r.status != http.StatusOK {
-		t.Fatal(r.status)
+	if r, _ := e.enroll(e.anon, tr.Token); r.Status != http.StatusOK {
+		t.Fatal(r.Status)
 	}
 	e.do(e.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csrPEM)
 	e.postJSON(e.device, "/v1/tokens", TokenRequest{Name: "evil"})           // denied by policy
@@ -304,7 +304,7 @@ func TestAuditTrail(t *testing.T) {
 	for range 100 {
 		r := e.do(e.admin, http.MethodGet, fmt.Sprintf("/v1/audit?limit=3&after=%d", after), "", nil)
 		var page AuditList
-		r.json(t, &page)
+		r.DecodeJSON(t, &page)
 		for _, a := range page.Entries {
 			ids = append(ids, a.ID)
 		}
@@ -323,12 +323,12 @@ func TestAuditTrail(t *testing.T) {
 	if n := len(e.auditEntries()); n != len(all) {
 		t.Fatalf("%d entries after reading, want %d", n, len(all))
 	}
-	if r := e.do(e.device, http.MethodGet, "/v1/audit", "", nil); r.status != http.StatusForbidden {
-		t.Fatalf("device reads the audit log: %d", r.status)
+	if r := e.do(e.device, http.MethodGet, "/v1/audit", "", nil); r.Status != http.StatusForbidden {
+		t.Fatalf("device reads the audit log: %d", r.Status)
 	}
 	for _, q := range []string{"after=x", "after=-1", "limit=0", "limit=5000", "since=1"} {
-		if r := e.do(e.admin, http.MethodGet, "/v1/audit?"+q, "", nil); r.status != http.StatusBadRequest {
-			t.Errorf("%q: %d, want 400", q, r.status)
+		if r := e.do(e.admin, http.MethodGet, "/v1/audit?"+q, "", nil); r.Status != http.StatusBadRequest {
+			t.Errorf("%q: %d, want 400", q, r.Status)
 		}
 	}
 }
@@ -338,8 +338,8 @@ func TestRefusalAuditIsRateLimited(t *testing.T) {
 	e := newEnv(t)
 	e.clock.Freeze()
 	for range refusalAuditBurst + 5 {
-		if r, _ := e.enroll(e.anon, "ztb_guess"); r.status != http.StatusUnauthorized {
-			t.Fatal(r.status)
+		if r, _ := e.enroll(e.anon, "ztb_guess"); r.Status != http.StatusUnauthorized {
+			t.Fatal(r.Status)
 		}
 	}
 	e.createDevice("after-flood", nil)
@@ -356,7 +356,7 @@ func TestRefusalAuditIsRateLimited(t *testing.T) {
 		t.Fatalf("%d refusals written (want %d), success written: %v", refusals, refusalAuditBurst, created)
 	}
 	m := e.do(e.admin, http.MethodGet, "/metrics", "", nil)
-	if !strings.Contains(string(m.body), "ztgate_api_audit_suppressed_total 5") {
+	if !strings.Contains(string(m.Body), "ztgate_api_audit_suppressed_total 5") {
 		t.Error("suppressed refusals are not counted")
 	}
 }

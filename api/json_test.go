@@ -50,16 +50,16 @@ func TestJSONFieldNamesAreCaseSensitive(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, body := range tc.bad {
 				r := e.do(tc.c, http.MethodPost, tc.path, "application/json", []byte(body))
-				if r.status != http.StatusBadRequest {
-					t.Errorf("%s: %d %s, want 400", body, r.status, r.body)
+				if r.Status != http.StatusBadRequest {
+					t.Errorf("%s: %d %s, want 400", body, r.Status, r.Body)
 					continue
 				}
-				if msg := r.errorMessage(t); !strings.Contains(msg, "unknown field") {
+				if msg := r.StrictError(t); !strings.Contains(msg, "unknown field") {
 					t.Errorf("%s: message %q", body, msg)
 				}
 			}
-			if r := e.do(tc.c, http.MethodPost, tc.path, "application/json", []byte(tc.good)); r.status/100 != 2 {
-				t.Errorf("control %s: %d %s, want 2xx", tc.good, r.status, r.body)
+			if r := e.do(tc.c, http.MethodPost, tc.path, "application/json", []byte(tc.good)); r.Status/100 != 2 {
+				t.Errorf("control %s: %d %s, want 2xx", tc.good, r.Status, r.Body)
 			}
 		})
 	}

@@ -230,8 +230,8 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 	e.clock.Freeze()
 	e.createDevice("live", nil)
 	e.createDevice("dead", nil)
-	if r := e.do(e.admin, http.MethodPost, "/v1/devices/dead/revoke", "", nil); r.status != http.StatusOK {
-		t.Fatalf("revoke: %d", r.status)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/dead/revoke", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("revoke: %d", r.Status)
 	}
 	_, csr := newCSR(t, nil)
 	csrJSON := func(token string) string {
@@ -247,8 +247,8 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 	}
 	limited := newEnv(t, func(c *Config) { c.RenewRate, c.RenewBurst = rate.Every(time.Minute), 1 })
 	limited.clock.Freeze()
-	if r := limited.do(limited.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csr); r.status != http.StatusOK {
-		t.Fatalf("first renewal: %d %s", r.status, r.body)
+	if r := limited.do(limited.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csr); r.Status != http.StatusOK {
+		t.Fatalf("first renewal: %d %s", r.Status, r.Body)
 	}
 	e.retained.put("devices/live/state", 1)
 
@@ -347,8 +347,8 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 	if _, ok := ops["POST /v1/svid/renew"].Responses["429"]; !ok {
 		t.Error("POST /v1/svid/renew: the spec does not document 429")
 	}
-	if r := limited.do(limited.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csr); r.status != http.StatusTooManyRequests {
-		t.Errorf("POST /v1/svid/renew over the limit: %d %s, want 429", r.status, r.body)
+	if r := limited.do(limited.device, http.MethodPost, "/v1/svid/renew", "application/x-pem-file", csr); r.Status != http.StatusTooManyRequests {
+		t.Errorf("POST /v1/svid/renew over the limit: %d %s, want 429", r.Status, r.Body)
 	}
 	broken := newEnv(t)
 	broken.retained.err = errors.New("store on fire")
@@ -360,8 +360,8 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 			t.Errorf("%s: the spec does not document 500", q.route)
 		}
 		method, _, _ := strings.Cut(q.route, " ")
-		if r := broken.do(broken.admin, method, q.path, "", nil); r.status != http.StatusInternalServerError {
-			t.Errorf("%s with a failing store: %d %s, want 500", q.route, r.status, r.body)
+		if r := broken.do(broken.admin, method, q.path, "", nil); r.Status != http.StatusInternalServerError {
+			t.Errorf("%s with a failing store: %d %s, want 500", q.route, r.Status, r.Body)
 		}
 	}
 	for _, o := range other {
@@ -374,8 +374,8 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 			t.Errorf("%s: the spec does not document %d", o.route, o.status)
 		}
 		method, _, _ := strings.Cut(o.route, " ")
-		if r := o.e.do(o.e.admin, method, o.path, o.ct, []byte(o.body)); r.status != o.status {
-			t.Errorf("%s %s: server answers %d %s, want %d", method, o.path, r.status, r.body, o.status)
+		if r := o.e.do(o.e.admin, method, o.path, o.ct, []byte(o.body)); r.Status != o.status {
+			t.Errorf("%s %s: server answers %d %s, want %d", method, o.path, r.Status, r.Body, o.status)
 		}
 	}
 	for _, tc := range cases {
@@ -392,8 +392,8 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 		if tc.body != "" {
 			body = []byte(tc.body)
 		}
-		if r := e.do(tc.client, method, tc.path, tc.ct, body); r.status != tc.status {
-			t.Errorf("%s %s: server answers %d %s, want %d", method, tc.path, r.status, r.body, tc.status)
+		if r := e.do(tc.client, method, tc.path, tc.ct, body); r.Status != tc.status {
+			t.Errorf("%s %s: server answers %d %s, want %d", method, tc.path, r.Status, r.Body, tc.status)
 		}
 	}
 }

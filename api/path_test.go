@@ -61,39 +61,39 @@ func TestAdminPolicySeesTheRoutedPath(t *testing.T) {
 			rev := e.engine.Status().Revision
 
 			// Controls: the policy works as written.
-			if r := e.do(op, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusOK {
-				t.Fatalf("operator GET /v1/devices: %d %s, want 200", r.status, r.body)
+			if r := e.do(op, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusOK {
+				t.Fatalf("operator GET /v1/devices: %d %s, want 200", r.Status, r.Body)
 			}
-			if r := e.do(op, http.MethodGet, "/v1/policy", "", nil); r.status != http.StatusForbidden {
-				t.Fatalf("operator GET /v1/policy: %d %s, want 403", r.status, r.body)
+			if r := e.do(op, http.MethodGet, "/v1/policy", "", nil); r.Status != http.StatusForbidden {
+				t.Fatalf("operator GET /v1/policy: %d %s, want 403", r.Status, r.Body)
 			}
-			if r := e.do(e.admin, http.MethodGet, "/v1/policy", "", nil); r.status != http.StatusOK {
-				t.Fatalf("admin GET /v1/policy: %d %s, want 200", r.status, r.body)
+			if r := e.do(e.admin, http.MethodGet, "/v1/policy", "", nil); r.Status != http.StatusOK {
+				t.Fatalf("admin GET /v1/policy: %d %s, want 200", r.Status, r.Body)
 			}
 
 			for _, target := range []string{"/v1/%70olicy", "/v1/%70%6f%6c%69%63%79", "/v1/POLICY/../policy", "/v1/devices/../policy"} {
 				r := e.raw(op, http.MethodGet, target, "", nil)
-				if r.status == http.StatusOK || r.status/100 != 4 {
-					t.Errorf("operator GET %s: %d %s, want 400 or 403", target, r.status, r.body)
+				if r.Status == http.StatusOK || r.Status/100 != 4 {
+					t.Errorf("operator GET %s: %d %s, want 400 or 403", target, r.Status, r.Body)
 				}
 			}
 			for _, target := range []string{"/v1/%70olicy/modules/zz.rego", "/v1/policy/modules/%7a%7a.rego", "/v1/devices/../policy/modules/zz.rego"} {
 				r := e.raw(op, http.MethodPut, target, "text/plain", []byte(escalation))
-				if r.status == http.StatusOK || r.status/100 != 4 {
-					t.Errorf("operator PUT %s: %d %s, want 400 or 403", target, r.status, r.body)
+				if r.Status == http.StatusOK || r.Status/100 != 4 {
+					t.Errorf("operator PUT %s: %d %s, want 400 or 403", target, r.Status, r.Body)
 				}
 			}
 			if got := e.engine.Status().Revision; got != rev {
 				t.Fatal("the operator changed the policy")
 			}
 			// The operator is still no admin.
-			if r := e.do(op, http.MethodGet, "/v1/policy", "", nil); r.status != http.StatusForbidden {
-				t.Fatalf("operator GET /v1/policy after the attempts: %d, want 403", r.status)
+			if r := e.do(op, http.MethodGet, "/v1/policy", "", nil); r.Status != http.StatusForbidden {
+				t.Fatalf("operator GET /v1/policy after the attempts: %d, want 403", r.Status)
 			}
 			// Control: the admin uploads the same module through the
 			// canonical path.
-			if r := e.do(e.admin, http.MethodPut, "/v1/policy/modules/zz.rego", "text/plain", []byte(escalation)); r.status != http.StatusOK {
-				t.Fatalf("admin PUT: %d %s, want 200", r.status, r.body)
+			if r := e.do(e.admin, http.MethodPut, "/v1/policy/modules/zz.rego", "text/plain", []byte(escalation)); r.Status != http.StatusOK {
+				t.Fatalf("admin PUT: %d %s, want 200", r.Status, r.Body)
 			}
 		})
 	}
@@ -145,10 +145,10 @@ func TestNonCanonicalPathsRefused(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(who.name+"/"+tc.name, func(t *testing.T) {
 				r := e.raw(who.c, tc.method, tc.target, "", nil)
-				if r.status != http.StatusBadRequest {
-					t.Fatalf("%s %s: %d %s, want 400", tc.method, tc.target, r.status, r.body)
+				if r.Status != http.StatusBadRequest {
+					t.Fatalf("%s %s: %d %s, want 400", tc.method, tc.target, r.Status, r.Body)
 				}
-				if msg := r.errorMessage(t); !strings.Contains(msg, "path") {
+				if msg := r.StrictError(t); !strings.Contains(msg, "path") {
 					t.Errorf("message %q does not say what is wrong", msg)
 				}
 			})
@@ -177,8 +177,8 @@ func TestNonCanonicalPathsRefused(t *testing.T) {
 		{nil, "GET", "/healthz", 200},
 		{nil, "GET", "/readyz", 200},
 	} {
-		if r := e.raw(tc.c, tc.method, tc.target, "", nil); r.status != tc.status {
-			t.Errorf("control %s %s: %d %s, want %d", tc.method, tc.target, r.status, r.body, tc.status)
+		if r := e.raw(tc.c, tc.method, tc.target, "", nil); r.Status != tc.status {
+			t.Errorf("control %s %s: %d %s, want %d", tc.method, tc.target, r.Status, r.Body, tc.status)
 		}
 	}
 	mu.Lock()

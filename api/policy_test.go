@@ -18,11 +18,11 @@ func TestPolicyStatusShape(t *testing.T) {
 	var dir string
 	e := newEnv(t, withPolicyDir(t, &dir))
 	r := e.do(e.admin, http.MethodGet, "/v1/policy", "", nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("%d %s", r.status, r.body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("%d %s", r.Status, r.Body)
 	}
 	var raw map[string]any
-	r.json(t, &raw)
+	r.DecodeJSON(t, &raw)
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
 		keys = append(keys, k)
@@ -30,16 +30,16 @@ func TestPolicyStatusShape(t *testing.T) {
 	slices.Sort(keys)
 	// No error yet: last_error and last_error_at are absent.
 	if want := []string{"activated_at", "dir", "modules", "revision"}; !reflect.DeepEqual(keys, want) {
-		t.Fatalf("keys %v, want %v (%s)", keys, want, r.body)
+		t.Fatalf("keys %v, want %v (%s)", keys, want, r.Body)
 	}
 	var st PolicyStatus
-	r.json(t, &st)
+	r.DecodeJSON(t, &st)
 	if st.Revision == "" || st.Revision != e.engine.Status().Revision || st.ActivatedAt.IsZero() ||
 		!slices.Contains(st.Modules, "authz.rego") || st.Dir != dir {
 		t.Fatalf("status %+v", st)
 	}
-	if r := e.do(e.device, http.MethodGet, "/v1/policy", "", nil); r.status != http.StatusForbidden {
-		t.Fatalf("device: %d, want 403", r.status)
+	if r := e.do(e.device, http.MethodGet, "/v1/policy", "", nil); r.Status != http.StatusForbidden {
+		t.Fatalf("device: %d, want 403", r.Status)
 	}
 
 	none := newEnv(t, func(c *Config) { c.Policy = nil })
@@ -49,8 +49,8 @@ func TestPolicyStatusShape(t *testing.T) {
 		{"POST", "/v1/policy/eval", "application/json", "{}"},
 	} {
 		r := none.do(none.admin, rq.method, rq.path, rq.ct, []byte(rq.body))
-		if r.status != http.StatusNotImplemented || r.errorMessage(t) != "policy administration not configured" {
-			t.Errorf("%s %s without policy administration: %d %s, want 501", rq.method, rq.path, r.status, r.body)
+		if r.Status != http.StatusNotImplemented || r.StrictError(t) != "policy administration not configured" {
+			t.Errorf("%s %s without policy administration: %d %s, want 501", rq.method, rq.path, r.Status, r.Body)
 		}
 	}
 }
@@ -68,24 +68,24 @@ func TestPutPolicyModule(t *testing.T) {
 	const good = "package ztgate.extra\n\nhello := true\n"
 	const goodTest = "package ztgate.extra_test\n\nimport data.ztgate.extra\n\ntest_hello if extra.hello\n"
 	r := put("extra_test.rego", goodTest)
-	if r.status != http.StatusUnprocessableEntity {
+	if r.Status != http.StatusUnprocessableEntity {
 		// The test refers to a rule that does not exist yet.
-		t.Fatalf("test before its module: %d %s, want 422", r.status, r.body)
+		t.Fatalf("test before its module: %d %s, want 422", r.Status, r.Body)
 	}
 	r = put("extra.rego", good)
-	if r.status != http.StatusOK {
-		t.Fatalf("good module: %d %s", r.status, r.body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("good module: %d %s", r.Status, r.Body)
 	}
 	var st PolicyStatus
-	r.json(t, &st)
+	r.DecodeJSON(t, &st)
 	if st.Revision == before || st.Revision != e.engine.Status().Revision || !slices.Contains(st.Modules, "extra.rego") {
 		t.Fatalf("after the upload: %+v (before %s)", st, before)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "extra.rego")); err != nil || string(b) != good {
 		t.Fatalf("module on disk: %q %v", b, err)
 	}
-	if r := put("extra_test.rego", goodTest); r.status != http.StatusOK {
-		t.Fatalf("test after its module: %d %s", r.status, r.body)
+	if r := put("extra_test.rego", goodTest); r.Status != http.StatusOK {
+		t.Fatalf("test after its module: %d %s", r.Status, r.Body)
 	}
 	active := e.engine.Status().Revision
 
@@ -101,10 +101,10 @@ func TestPutPolicyModule(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := put(tc.module, tc.src)
-			if r.status != http.StatusUnprocessableEntity {
-				t.Fatalf("%d %s, want 422", r.status, r.body)
+			if r.Status != http.StatusUnprocessableEntity {
+				t.Fatalf("%d %s, want 422", r.Status, r.Body)
 			}
-			if msg := r.errorMessage(t); !strings.Contains(msg, tc.want) {
+			if msg := r.StrictError(t); !strings.Contains(msg, tc.want) {
 				t.Errorf("error %q does not mention %q", msg, tc.want)
 			}
 			if got := e.engine.Status(); got.Revision != active || got.LastError == "" {
@@ -114,7 +114,7 @@ func TestPutPolicyModule(t *testing.T) {
 	}
 	// The refusal shows in the status; the last good module is on disk.
 	r = e.do(e.admin, http.MethodGet, "/v1/policy", "", nil)
-	r.json(t, &st)
+	r.DecodeJSON(t, &st)
 	if st.Revision != active || st.LastError == "" || st.LastErrorAt.IsZero() {
 		t.Fatalf("status after refusals: %+v", st)
 	}
@@ -132,18 +132,18 @@ func TestPutPolicyModule(t *testing.T) {
 		{"x.rego", "text/plain", "  \n", 400},
 	} {
 		r := e.do(e.admin, http.MethodPut, "/v1/policy/modules/"+tc.name, tc.ct, []byte(tc.src))
-		if r.status != tc.status {
-			t.Errorf("%s %s: %d %s, want %d", tc.name, tc.ct, r.status, r.body, tc.status)
+		if r.Status != tc.status {
+			t.Errorf("%s %s: %d %s, want %d", tc.name, tc.ct, r.Status, r.Body, tc.status)
 		}
 	}
-	if r := e.do(e.admin, http.MethodPut, "/v1/policy/modules/..%2Fescape.rego", "text/plain", []byte(good)); r.status/100 != 4 {
-		t.Errorf("escaped path: %d", r.status)
+	if r := e.do(e.admin, http.MethodPut, "/v1/policy/modules/..%2Fescape.rego", "text/plain", []byte(good)); r.Status/100 != 4 {
+		t.Errorf("escaped path: %d", r.Status)
 	}
 	if _, err := os.Stat(filepath.Join(filepath.Dir(dir), "escape.rego")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("a module was written outside the policy directory")
 	}
-	if r := e.do(e.device, http.MethodPut, "/v1/policy/modules/x.rego", "text/plain", []byte(good)); r.status != http.StatusForbidden {
-		t.Fatalf("device: %d, want 403", r.status)
+	if r := e.do(e.device, http.MethodPut, "/v1/policy/modules/x.rego", "text/plain", []byte(good)); r.Status != http.StatusForbidden {
+		t.Fatalf("device: %d, want 403", r.Status)
 	}
 	if e.engine.Status().Revision != active {
 		t.Fatal("a refused request changed the revision")
@@ -170,11 +170,11 @@ func TestEvalPolicy(t *testing.T) {
 	eval := func(input string) EvalResponse {
 		t.Helper()
 		r := e.do(e.admin, http.MethodPost, "/v1/policy/eval", "application/json", []byte(input))
-		if r.status != http.StatusOK {
-			t.Fatalf("eval: %d %s", r.status, r.body)
+		if r.Status != http.StatusOK {
+			t.Fatalf("eval: %d %s", r.Status, r.Body)
 		}
 		var out EvalResponse
-		r.json(t, &out)
+		r.DecodeJSON(t, &out)
 		return out
 	}
 	now := time.Now().UTC().Format(time.RFC3339)
@@ -202,8 +202,8 @@ func TestEvalPolicy(t *testing.T) {
 	}
 	for _, bad := range []string{``, `[]`, `"x"`, `null`, `{"a":`, `{} {}`} {
 		r := e.do(e.admin, http.MethodPost, "/v1/policy/eval", "application/json", []byte(bad))
-		if r.status != http.StatusBadRequest {
-			t.Errorf("input %q: %d %s, want 400", bad, r.status, r.body)
+		if r.Status != http.StatusBadRequest {
+			t.Errorf("input %q: %d %s, want 400", bad, r.Status, r.Body)
 		}
 	}
 }
@@ -212,19 +212,19 @@ func TestReadyz(t *testing.T) {
 	e := newEnv(t)
 	r := e.do(e.anon, http.MethodGet, "/readyz", "", nil)
 	var rd Readiness
-	r.json(t, &rd)
+	r.DecodeJSON(t, &rd)
 	// An anonymous probe learns readiness, not the revision (see
 	// TestReadyzRevisionOnlyForAdmins).
-	if r.status != http.StatusOK || rd != (Readiness{Status: "ready", Store: "ok"}) {
-		t.Fatalf("%d %+v", r.status, rd)
+	if r.Status != http.StatusOK || rd != (Readiness{Status: "ready", Store: "ok"}) {
+		t.Fatalf("%d %+v", r.Status, rd)
 	}
 
 	// The process says it is not ready.
 	var ready error = errors.New("MQTT listener not started")
 	gated := newEnv(t, func(c *Config) { c.Ready = func() error { return ready } })
-	if r := gated.do(gated.anon, http.MethodGet, "/readyz", "", nil); r.status != http.StatusServiceUnavailable ||
-		!strings.Contains(r.errorMessage(t), "MQTT listener not started") {
-		t.Fatalf("process not ready: %d %s", r.status, r.body)
+	if r := gated.do(gated.anon, http.MethodGet, "/readyz", "", nil); r.Status != http.StatusServiceUnavailable ||
+		!strings.Contains(r.StrictError(t), "MQTT listener not started") {
+		t.Fatalf("process not ready: %d %s", r.Status, r.Body)
 	}
 
 	// The store is closed: not ready, and the answer names the store
@@ -233,14 +233,14 @@ func TestReadyz(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = e.do(e.anon, http.MethodGet, "/readyz", "", nil)
-	if r.status != http.StatusServiceUnavailable {
-		t.Fatalf("closed store: %d %s, want 503", r.status, r.body)
+	if r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("closed store: %d %s, want 503", r.Status, r.Body)
 	}
-	if msg := r.errorMessage(t); msg != "not ready: store unavailable" {
+	if msg := r.StrictError(t); msg != "not ready: store unavailable" {
 		t.Fatalf("message %q", msg)
 	}
 	// Liveness is not readiness.
-	if r := e.do(e.anon, http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
-		t.Fatalf("healthz with a closed store: %d", r.status)
+	if r := e.do(e.anon, http.MethodGet, "/healthz", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("healthz with a closed store: %d", r.Status)
 	}
 }

@@ -30,20 +30,20 @@ func TestReadyzRevisionOnlyForAdmins(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := e.do(tc.c, http.MethodGet, "/readyz", "", nil)
-			if r.status != http.StatusOK {
-				t.Fatalf("%d %s, want 200", r.status, r.body)
+			if r.Status != http.StatusOK {
+				t.Fatalf("%d %s, want 200", r.Status, r.Body)
 			}
 			var raw map[string]any
-			r.json(t, &raw)
+			r.DecodeJSON(t, &raw)
 			got, shown := raw["policy_revision"]
 			if shown != tc.showRev {
-				t.Fatalf("policy_revision shown=%v (%s), want shown=%v", shown, r.body, tc.showRev)
+				t.Fatalf("policy_revision shown=%v (%s), want shown=%v", shown, r.Body, tc.showRev)
 			}
 			if tc.showRev && got != rev {
 				t.Fatalf("policy_revision %v, want %s", got, rev)
 			}
 			if raw["status"] != "ready" || raw["store"] != "ok" {
-				t.Fatalf("readiness %s", r.body)
+				t.Fatalf("readiness %s", r.Body)
 			}
 		})
 	}

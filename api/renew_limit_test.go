@@ -24,22 +24,22 @@ func TestRenewRateLimitedPerIdentity(t *testing.T) {
 	before := len(e.auditEntries())
 
 	for i := range burst {
-		if r := renew(e.device); r.status != http.StatusOK {
-			t.Fatalf("renewal %d: %d %s, want 200", i+1, r.status, r.body)
+		if r := renew(e.device); r.Status != http.StatusOK {
+			t.Fatalf("renewal %d: %d %s, want 200", i+1, r.Status, r.Body)
 		}
 	}
 	for range 5 {
 		r := renew(e.device)
-		if r.status != http.StatusTooManyRequests || r.header.Get("Retry-After") != "60" {
-			t.Fatalf("over the burst: %d Retry-After %q %s, want 429 and 60", r.status, r.header.Get("Retry-After"), r.body)
+		if r.Status != http.StatusTooManyRequests || r.Header.Get("Retry-After") != "60" {
+			t.Fatalf("over the burst: %d Retry-After %q %s, want 429 and 60", r.Status, r.Header.Get("Retry-After"), r.Body)
 		}
-		if msg := r.errorMessage(t); !strings.Contains(msg, "renewal") {
+		if msg := r.StrictError(t); !strings.Contains(msg, "renewal") {
 			t.Fatalf("message %q", msg)
 		}
 	}
 	// Another identity is not affected.
-	if r := renew(other); r.status != http.StatusOK {
-		t.Fatalf("another identity: %d %s, want 200", r.status, r.body)
+	if r := renew(other); r.Status != http.StatusOK {
+		t.Fatalf("another identity: %d %s, want 200", r.Status, r.Body)
 	}
 	// The refused renewals wrote nothing: only the successful ones are in
 	// the audit log.
@@ -48,14 +48,14 @@ func TestRenewRateLimitedPerIdentity(t *testing.T) {
 	}
 	// The budget refills.
 	e.clock.Advance(time.Minute)
-	if r := renew(e.device); r.status != http.StatusOK {
-		t.Fatalf("a minute later: %d %s, want 200", r.status, r.body)
+	if r := renew(e.device); r.Status != http.StatusOK {
+		t.Fatalf("a minute later: %d %s, want 200", r.Status, r.Body)
 	}
-	if r := renew(e.device); r.status != http.StatusTooManyRequests {
-		t.Fatalf("and one more: %d %s, want 429", r.status, r.body)
+	if r := renew(e.device); r.Status != http.StatusTooManyRequests {
+		t.Fatalf("and one more: %d %s, want 429", r.Status, r.Body)
 	}
 	m := e.do(e.admin, http.MethodGet, "/metrics", "", nil)
-	if !strings.Contains(string(m.body), "ztgate_api_renewals_rate_limited_total 6") {
+	if !strings.Contains(string(m.Body), "ztgate_api_renewals_rate_limited_total 6") {
 		t.Error("metrics lack ztgate_api_renewals_rate_limited_total 6")
 	}
 }

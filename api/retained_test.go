@@ -63,11 +63,11 @@ func (f *fakeRetained) delete(topic string) (bool, error) {
 
 func retainedTopics(t *testing.T, r response) ([]string, bool) {
 	t.Helper()
-	if r.status != http.StatusOK {
-		t.Fatalf("list: %d %s", r.status, r.body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("list: %d %s", r.Status, r.Body)
 	}
 	var l RetainedList
-	r.json(t, &l)
+	r.DecodeJSON(t, &l)
 	var topics []string
 	for _, m := range l.Messages {
 		topics = append(topics, m.Topic)
@@ -110,7 +110,7 @@ func TestRetainedList(t *testing.T) {
 
 	// The wire form of one message.
 	var raw map[string]any
-	get("?filter=devices/b/state").json(t, &raw)
+	get("?filter=devices/b/state").DecodeJSON(t, &raw)
 	want := map[string]any{"messages": []any{map[string]any{"topic": "devices/b/state", "qos": float64(1), "payload_size": float64(12),
 		"spiffe_id": "spiffe://example.org/device/sensor-0", "created": "2026-11-28T12:00:00Z"}}, "truncated": false}
 	if !reflect.DeepEqual(raw, want) {
@@ -123,7 +123,7 @@ func TestRetainedList(t *testing.T) {
 		Created: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
 	e.retained.mu.Unlock()
 	raw = nil
-	get("?filter=devices/c/state").json(t, &raw)
+	get("?filter=devices/c/state").DecodeJSON(t, &raw)
 	want = map[string]any{"messages": []any{map[string]any{"topic": "devices/c/state", "qos": float64(0), "payload_size": float64(3),
 		"created": "2026-11-28T12:00:00Z"}}, "truncated": false}
 	if !reflect.DeepEqual(raw, want) {
@@ -136,14 +136,14 @@ func TestRetainedList(t *testing.T) {
 		"?limit=0", "?limit=x", "?limit=1001", "?topic=a", "?filter=a&filter=b",
 	} {
 		r := get(q)
-		if r.status != http.StatusBadRequest {
-			t.Errorf("GET /v1/retained%s: %d %s, want 400", q, r.status, r.body)
+		if r.Status != http.StatusBadRequest {
+			t.Errorf("GET /v1/retained%s: %d %s, want 400", q, r.Status, r.Body)
 			continue
 		}
-		r.errorMessage(t)
+		r.StrictError(t)
 	}
-	if r := e.do(e.device, http.MethodGet, "/v1/retained", "", nil); r.status != http.StatusForbidden {
-		t.Fatalf("device: %d, want 403", r.status)
+	if r := e.do(e.device, http.MethodGet, "/v1/retained", "", nil); r.Status != http.StatusForbidden {
+		t.Fatalf("device: %d, want 403", r.Status)
 	}
 }
 
@@ -156,30 +156,30 @@ func TestRetainedDelete(t *testing.T) {
 		return e.do(c, http.MethodDelete, "/v1/retained"+query, "", nil)
 	}
 
-	if r := del(e.device, "?topic=devices/a/state"); r.status != http.StatusForbidden {
-		t.Fatalf("device: %d %s, want 403", r.status, r.body)
+	if r := del(e.device, "?topic=devices/a/state"); r.Status != http.StatusForbidden {
+		t.Fatalf("device: %d %s, want 403", r.Status, r.Body)
 	}
 	for _, q := range []string{"", "?topic=", "?topic=devices/%2B/state", "?topic=devices/%23", "?topic=%23",
 		"?topic=a%00b", "?topic=%FF", "?filter=%23", "?topic=a&topic=b"} {
 		r := del(e.admin, q)
-		if r.status != http.StatusBadRequest {
-			t.Errorf("DELETE /v1/retained%s: %d %s, want 400", q, r.status, r.body)
+		if r.Status != http.StatusBadRequest {
+			t.Errorf("DELETE /v1/retained%s: %d %s, want 400", q, r.Status, r.Body)
 			continue
 		}
-		r.errorMessage(t)
+		r.StrictError(t)
 	}
 	if topics, _ := retainedTopics(t, e.do(e.admin, http.MethodGet, "/v1/retained", "", nil)); len(topics) != 2 {
 		t.Fatalf("a refused delete removed something: %q", topics)
 	}
 
 	r := del(e.admin, "?topic=devices/a/state")
-	if r.status != http.StatusNoContent || len(r.body) != 0 {
-		t.Fatalf("delete: %d %q, want 204 and no body", r.status, r.body)
+	if r.Status != http.StatusNoContent || len(r.Body) != 0 {
+		t.Fatalf("delete: %d %q, want 204 and no body", r.Status, r.Body)
 	}
-	if r := del(e.admin, "?topic=devices/a/state"); r.status != http.StatusNotFound {
-		t.Fatalf("delete again: %d %s, want 404", r.status, r.body)
+	if r := del(e.admin, "?topic=devices/a/state"); r.Status != http.StatusNotFound {
+		t.Fatalf("delete again: %d %s, want 404", r.Status, r.Body)
 	} else {
-		r.errorMessage(t)
+		r.StrictError(t)
 	}
 	if topics, _ := retainedTopics(t, e.do(e.admin, http.MethodGet, "/v1/retained", "", nil)); !reflect.DeepEqual(topics, []string{"devices/b/state"}) {
 		t.Fatalf("after the delete: %q", topics)
@@ -214,12 +214,12 @@ func TestRetainedWithoutGateway(t *testing.T) {
 		t.Fatalf("list without a gateway: %q", topics)
 	}
 	var raw map[string]any
-	none.do(none.admin, http.MethodGet, "/v1/retained", "", nil).json(t, &raw)
+	none.do(none.admin, http.MethodGet, "/v1/retained", "", nil).DecodeJSON(t, &raw)
 	if l, ok := raw["messages"].([]any); !ok || len(l) != 0 {
 		t.Fatalf("messages %v, want []", raw["messages"])
 	}
-	if r := none.do(none.admin, http.MethodDelete, "/v1/retained?topic=a/b", "", nil); r.status != http.StatusNotFound {
-		t.Fatalf("delete without a gateway: %d %s, want 404", r.status, r.body)
+	if r := none.do(none.admin, http.MethodDelete, "/v1/retained?topic=a/b", "", nil); r.Status != http.StatusNotFound {
+		t.Fatalf("delete without a gateway: %d %s, want 404", r.Status, r.Body)
 	}
 
 	broken := newEnv(t)
@@ -229,8 +229,8 @@ func TestRetainedWithoutGateway(t *testing.T) {
 		if method == http.MethodGet {
 			r = broken.do(broken.admin, method, "/v1/retained", "", nil)
 		}
-		if r.status != http.StatusInternalServerError || r.errorMessage(t) != "internal error" {
-			t.Errorf("%s with a failing store: %d %s, want 500 internal error", method, r.status, r.body)
+		if r.Status != http.StatusInternalServerError || r.StrictError(t) != "internal error" {
+			t.Errorf("%s with a failing store: %d %s, want 500 internal error", method, r.Status, r.Body)
 		}
 	}
 }

@@ -88,17 +88,17 @@ func TestNonActiveIdentitiesRefusedBeforePolicy(t *testing.T) {
 				path, ct, body = adminRequest(t, rt, "target")
 			}
 			r := e.do(who.c, rt.method, path, ct, body)
-			if r.status != http.StatusForbidden {
-				t.Errorf("%s %s as a %s admin: %d %s, want 403", rt.method, path, who.name, r.status, r.body)
+			if r.Status != http.StatusForbidden {
+				t.Errorf("%s %s as a %s admin: %d %s, want 403", rt.method, path, who.name, r.Status, r.Body)
 				continue
 			}
-			if msg := r.errorMessage(t); !strings.Contains(msg, string(who.status)) {
+			if msg := r.StrictError(t); !strings.Contains(msg, string(who.status)) {
 				t.Errorf("%s %s as a %s admin: message %q does not name the status", rt.method, path, who.name, msg)
 			}
 		}
 		// An unknown route too: nothing is decided for such a caller.
-		if r := e.do(who.c, http.MethodGet, "/v1/nothing", "", nil); r.status != http.StatusForbidden {
-			t.Errorf("unknown route as a %s admin: %d, want 403", who.name, r.status)
+		if r := e.do(who.c, http.MethodGet, "/v1/nothing", "", nil); r.Status != http.StatusForbidden {
+			t.Errorf("unknown route as a %s admin: %d, want 403", who.name, r.Status)
 		}
 	}
 	mu.Lock()
@@ -134,19 +134,19 @@ func TestNonActiveIdentitiesRefusedBeforePolicy(t *testing.T) {
 
 	// Controls: the active admin creates a device and gets an SVID signed;
 	// an unenrolled identity the policy admits gets in.
-	if r := e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: "made-by-admin"}); r.status != http.StatusCreated {
-		t.Fatalf("active admin creates a device: %d %s", r.status, r.body)
+	if r := e.postJSON(e.admin, "/v1/devices", CreateDeviceRequest{Name: "made-by-admin"}); r.Status != http.StatusCreated {
+		t.Fatalf("active admin creates a device: %d %s", r.Status, r.Body)
 	}
 	_, csrPEM := newCSR(t, nil)
-	if r := e.do(e.admin, http.MethodPost, "/v1/devices/target/svid", "application/x-pem-file", csrPEM); r.status != http.StatusOK {
-		t.Fatalf("active admin signs an SVID: %d %s", r.status, r.body)
+	if r := e.do(e.admin, http.MethodPost, "/v1/devices/target/svid", "application/x-pem-file", csrPEM); r.Status != http.StatusOK {
+		t.Fatalf("active admin signs an SVID: %d %s", r.Status, r.Body)
 	}
 	glass := e.clientFor(spiffeid.RequireFromPath(td, "/ops/break-glass"))
-	if r := e.do(glass, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusOK {
-		t.Fatalf("unenrolled identity admitted by the policy: %d %s", r.status, r.body)
+	if r := e.do(glass, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("unenrolled identity admitted by the policy: %d %s", r.Status, r.Body)
 	}
-	if r := e.do(e.stranger, http.MethodGet, "/v1/devices", "", nil); r.status != http.StatusForbidden {
-		t.Fatalf("unenrolled identity refused by the policy: %d %s", r.status, r.body)
+	if r := e.do(e.stranger, http.MethodGet, "/v1/devices", "", nil); r.Status != http.StatusForbidden {
+		t.Fatalf("unenrolled identity refused by the policy: %d %s", r.Status, r.Body)
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -39,8 +39,8 @@ func TestAdminPolicyReadsAnyDeviceLabel(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, path := range []string{"/v1/devices", "/v1/sessions", "/v1/retained"} {
-				if r := e.do(tc.c, http.MethodGet, path, "", nil); r.status != tc.status {
-					t.Errorf("GET %s: %d %s, want %d", path, r.status, r.body, tc.status)
+				if r := e.do(tc.c, http.MethodGet, path, "", nil); r.Status != tc.status {
+					t.Errorf("GET %s: %d %s, want %d", path, r.Status, r.Body, tc.status)
 				}
 			}
 		})

@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
-	pahopackets "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ztgate/ztgate/decisionlog"
+	"github.com/ztgate/ztgate/internal/mqttconn"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/policy/defaultpolicy"
@@ -63,17 +63,17 @@ func BenchmarkPublishThroughGateway(b *testing.B) {
 			e := newEnv(b, bd.d)
 			var received atomic.Int64
 			subCfg := e.enroll("ctl", controllerLabels)
-			subscriber := paho.NewClient(paho.ClientConfig{
-				Conn: pahopackets.NewThreadSafeConn(e.dial(subCfg)),
-				OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-					func(paho.PublishReceived) (bool, error) { received.Add(1); return true, nil },
-				},
-			})
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 			defer cancel()
-			if _, err := subscriber.Connect(ctx, &paho.Connect{ClientID: "sub", CleanStart: true, KeepAlive: 60}); err != nil {
+			conn, err := mqttconn.Dial(ctx, e.addr, mqttconn.Options{
+				TLS:               subCfg,
+				Connect:           &paho.Connect{ClientID: "sub", CleanStart: true, KeepAlive: 60},
+				OnPublishReceived: func(paho.PublishReceived) (bool, error) { received.Add(1); return true, nil },
+			})
+			if err != nil {
 				b.Fatal(err)
 			}
+			subscriber := conn.Client
 			defer func() { _ = subscriber.Disconnect(&paho.Disconnect{}) }()
 			if _, err := subscriber.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{sub("devices/+/telemetry/#", 0)}}); err != nil {
 				b.Fatal(err)

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -16,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/metrics"
 )
@@ -38,22 +38,18 @@ func TestSVIDExpiryEndsConnection(t *testing.T) {
 	}
 	short.subscribe(t, sub("devices/sensor-2/commands/#", 1))
 	v4 := e.dial311(e.svidTTL(id2, ttl))
-	if code := v4.connect(t, "s2-v4"); code != 0 {
+	if code := v4.Connect(t, "s2-v4"); code != 0 {
 		t.Fatalf("3.1.1 CONNACK %#x", code)
 	}
 
-	select {
-	case d := <-short.disconnects:
-		if d.ReasonCode != 0xA0 {
-			t.Errorf("DISCONNECT %#x, want 0xA0", d.ReasonCode)
-		}
-		if d.Properties == nil || d.Properties.ReasonString != "SVID expired" {
-			t.Errorf("DISCONNECT properties %+v, want reason string \"SVID expired\"", d.Properties)
-		}
-	case <-time.After(ttl + waitFor):
-		t.Fatal("connection outlived its SVID")
+	d := short.WaitDisconnect(t, ttl+waitFor)
+	if d.ReasonCode != 0xA0 {
+		t.Errorf("DISCONNECT %#x, want 0xA0", d.ReasonCode)
 	}
-	v4.expectClosed(t)
+	if d.Properties == nil || d.Properties.ReasonString != "SVID expired" {
+		t.Errorf("DISCONNECT properties %+v, want reason string \"SVID expired\"", d.Properties)
+	}
+	v4.ExpectClosed(t)
 
 	// Positive control: the long-lived SVID's connection, older than both,
 	// is still there and works.
@@ -115,10 +111,10 @@ func TestSVIDOutsideItsValidityRefusedAtConnect(t *testing.T) {
 					continue // refused in the handshake
 				}
 				t.Cleanup(func() { _ = conn.Close() })
-				c := &raw311{conn: conn, r: bufio.NewReader(conn), version: 4}
-				c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+				c := testclient.NewRaw(conn, 4)
+				c.Write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
 					Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "c"}})
-				pk, err := c.read()
+				pk, err := c.Read()
 				switch {
 				case err == nil && pk.ReasonCode == 0:
 					t.Errorf("%s SVID: CONNECT accepted", what)

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -113,10 +113,10 @@ func TestConnectRefused(t *testing.T) {
 				t.Fatalf("CONNACK = %+v, err %v; want 0x87", ack, err)
 			}
 			c := e.dial311(cfg)
-			if code := c.connect(t, name); code != 0x05 {
+			if code := c.Connect(t, name); code != 0x05 {
 				t.Fatalf("MQTT 3.1.1 CONNACK = %#x, want 0x05", code)
 			}
-			c.expectClosed(t)
+			c.ExpectClosed(t)
 		})
 	}
 
@@ -126,7 +126,7 @@ func TestConnectRefused(t *testing.T) {
 		t.Fatalf("enrolled device: %+v, %v", ack, err)
 	}
 	raw := e.dial311(enrolled)
-	if code := raw.connect(t, "sensor-1-v4"); code != 0 {
+	if code := raw.Connect(t, "sensor-1-v4"); code != 0 {
 		t.Fatalf("enrolled device over 3.1.1: CONNACK %#x", code)
 	}
 	sessions := e.gw.Sessions()
@@ -398,10 +398,8 @@ func TestSessionTakeoverByAnotherIdentity(t *testing.T) {
 	if m := victim.expectOnly(t, "devices/victim/commands/x"); string(m.Payload) != "queued" {
 		t.Fatalf("victim received %q", m.Payload)
 	}
-	select {
-	case m := <-attacker.msgs:
+	if m, ok := attacker.Msgs.Take(0); ok {
 		t.Fatalf("attacker received %s %q", m.Topic, m.Payload)
-	default:
 	}
 
 	// Inside the broker the two sessions are keyed apart.
@@ -474,7 +472,7 @@ func TestRevokeDisconnectsLiveSessions(t *testing.T) {
 			other := e.mustConnect(e.enroll("sensor-2", nil), "sensor-2")
 			c := e.mustConnect(cfg, "sensor-1")
 			raw := e.dial311(cfg)
-			if code := raw.connect(t, "sensor-1-v4"); code != 0 {
+			if code := raw.Connect(t, "sensor-1-v4"); code != 0 {
 				t.Fatalf("3.1.1 connect: %#x", code)
 			}
 			if n := len(e.gw.Sessions()); n != 3 {
@@ -490,15 +488,10 @@ func TestRevokeDisconnectsLiveSessions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			select {
-			case d := <-c.disconnects:
-				if d.ReasonCode != 0x87 {
-					t.Errorf("DISCONNECT reason %#x, want 0x87", d.ReasonCode)
-				}
-			case <-time.After(waitFor):
-				t.Fatal("MQTT 5 session not disconnected")
+			if d := c.WaitDisconnect(t, waitFor); d.ReasonCode != 0x87 {
+				t.Errorf("DISCONNECT reason %#x, want 0x87", d.ReasonCode)
 			}
-			raw.expectClosed(t)
+			raw.ExpectClosed(t)
 			poll(t, "sessions to end", func() bool {
 				s := e.gw.Sessions()
 				return len(s) == 1 && s[0].Device == "sensor-2"
@@ -572,22 +565,22 @@ func TestMQTT311DeniedPublish(t *testing.T) {
 	ctl := e.mustConnect(e.enroll("ctl", controllerLabels), "ctl")
 	ctl.subscribe(t, sub("devices/+/telemetry/#", 0))
 	c := e.dial311(cfg)
-	if code := c.connect(t, "v4"); code != 0 {
+	if code := c.Connect(t, "v4"); code != 0 {
 		t.Fatalf("CONNACK %#x", code)
 	}
 	pub := func(topic string, qos byte, id uint16) {
-		c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic, PacketID: id, Payload: []byte(topic)})
+		c.Write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic, PacketID: id, Payload: []byte(topic)})
 	}
 	// QoS 0 denied: dropped, the connection stays.
 	pub("devices/sensor-2/telemetry/t", 0, 0)
 	pub("devices/sensor-1/telemetry/t", 1, 7)
-	if pk, err := c.read(); err != nil || pk.FixedHeader.Type != packets.Puback || pk.PacketID != 7 {
+	if pk, err := c.Read(); err != nil || pk.FixedHeader.Type != packets.Puback || pk.PacketID != 7 {
 		t.Fatalf("allowed QoS 1: %+v, %v", pk.FixedHeader, err)
 	}
 	ctl.expectOnly(t, "devices/sensor-1/telemetry/t")
 	// QoS 1 denied: 3.1.1 has no negative PUBACK, so the connection ends.
 	pub("devices/sensor-2/telemetry/t", 1, 8)
-	c.expectClosed(t)
+	c.ExpectClosed(t)
 	// The subscriber got nothing in between: the next allowed message is
 	// the next one it sees.
 	e.mustConnect(cfg, "again").publish(t, &paho.Publish{Topic: "devices/sensor-1/telemetry/u", QoS: 0})
@@ -597,12 +590,12 @@ func TestMQTT311DeniedPublish(t *testing.T) {
 func TestMQTT311SubscribeDeniedIs0x80(t *testing.T) {
 	e := newEnv(t, engine(t))
 	c := e.dial311(e.enroll("sensor-1", nil))
-	if code := c.connect(t, "v4"); code != 0 {
+	if code := c.Connect(t, "v4"); code != 0 {
 		t.Fatalf("CONNACK %#x", code)
 	}
-	c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 3,
+	c.Write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 3,
 		Filters: packets.Subscriptions{{Filter: "devices/sensor-1/commands/#", Qos: 1}, {Filter: "#", Qos: 1}}})
-	pk, err := c.read()
+	pk, err := c.Read()
 	if err != nil || pk.FixedHeader.Type != packets.Suback {
 		t.Fatalf("SUBACK: %+v, %v", pk.FixedHeader, err)
 	}
@@ -756,13 +749,8 @@ func TestTakeoverBySameIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := e.mustConnect(cfg, "dup")
-	select {
-	case d := <-first.disconnects:
-		if d.ReasonCode != 0x8E {
-			t.Errorf("DISCONNECT %#x, want 0x8E (session taken over)", d.ReasonCode)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("first connection not taken over")
+	if d := first.WaitDisconnect(t, waitFor); d.ReasonCode != 0x8E {
+		t.Errorf("DISCONNECT %#x, want 0x8E (session taken over)", d.ReasonCode)
 	}
 	// The will of the connection taken over is sent (it is decided like
 	// any will), and the new connection works.
@@ -788,10 +776,10 @@ func TestOnlyVerifiedTLSClientsReachMQTT(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer plain.Close()
-	raw := &raw311{conn: plain, r: bufio.NewReader(plain)}
-	raw.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+	raw := testclient.NewRaw(plain, 0)
+	raw.Write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "plain"}})
-	if pk, err := raw.read(); err == nil {
+	if pk, err := raw.Read(); err == nil {
 		t.Fatalf("plaintext CONNECT answered: %+v", pk.FixedHeader)
 	}
 
@@ -872,13 +860,8 @@ func TestInactiveDeviceRefusedWhateverThePolicy(t *testing.T) {
 	if _, err := e.reg.SetStatus("sensor-1", registry.StatusSuspended); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case d := <-live.disconnects:
-		if d.ReasonCode != 0x87 {
-			t.Errorf("DISCONNECT %#x, want 0x87", d.ReasonCode)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("suspended device's session not cut")
+	if d := live.WaitDisconnect(t, waitFor); d.ReasonCode != 0x87 {
+		t.Errorf("DISCONNECT %#x, want 0x87", d.ReasonCode)
 	}
 	if _, ack, err := e.connect(cfg, &paho.Connect{ClientID: "again", CleanStart: true}); err == nil || ack.ReasonCode != 0x87 {
 		t.Fatalf("suspended device: CONNACK %+v, %v; want 0x87", ack, err)

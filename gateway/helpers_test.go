@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -16,19 +14,19 @@ import (
 	"testing"
 	"time"
 
-	pahopackets "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
-	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/mqttconn"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
 )
 
 // waitFor bounds every wait for something that should happen.
-const waitFor = 10 * time.Second
+const waitFor = testclient.Wait
 
 var testTD = spiffeid.RequireTrustDomainFromString("example.org")
 
@@ -180,57 +178,27 @@ func (e *env) svidTTL(id spiffeid.ID, ttl time.Duration) *tls.Config {
 	return cfg
 }
 
-// client is a paho MQTT 5 client that records what it receives.
-type client struct {
-	*paho.Client
-	msgs        chan *paho.Publish
-	disconnects chan *paho.Disconnect
-}
+// client is testclient's paho MQTT 5 client under the short names the
+// gateway tests use.
+type client struct{ *testclient.Client }
 
-func (e *env) dial(cfg *tls.Config) net.Conn {
-	e.t.Helper()
-	d := &net.Dialer{Timeout: waitFor}
-	conn, err := tls.DialWithDialer(d, "tcp", e.addr, cfg)
-	if err != nil {
-		e.t.Fatalf("dial: %v", err)
-	}
-	return conn
-}
-
-// connect opens an MQTT 5 connection. It returns the CONNACK and the
-// client; err is set when the CONNACK refused.
+// connect opens an MQTT 5 connection (keepalive 30 s unless cp sets one).
+// It returns the CONNACK and the client; err is set when the CONNACK
+// refused. A TLS handshake the client refuses fails the test.
 func (e *env) connect(cfg *tls.Config, cp *paho.Connect) (*client, *paho.Connack, error) {
 	e.t.Helper()
-	c := &client{msgs: make(chan *paho.Publish, 1024), disconnects: make(chan *paho.Disconnect, 1)}
-	c.Client = paho.NewClient(paho.ClientConfig{
-		Conn: pahopackets.NewThreadSafeConn(e.dial(cfg)),
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-			func(pr paho.PublishReceived) (bool, error) {
-				select {
-				case c.msgs <- pr.Packet:
-				default:
-				}
-				return true, nil
-			},
-		},
-		OnServerDisconnect: func(d *paho.Disconnect) {
-			select {
-			case c.disconnects <- d:
-			default:
-			}
-		},
-		PacketTimeout: waitFor,
-	})
 	if cp.KeepAlive == 0 {
 		cp.KeepAlive = 30
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	ack, err := c.Connect(ctx, cp)
-	if err == nil {
-		e.t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	c, ack, err := testclient.Dialer{Addr: e.addr, TLS: cfg}.Dial(e.t, cp)
+	var de *mqttconn.Error
+	switch {
+	case errors.As(err, &de) && de.Stage == mqttconn.StageHandshake:
+		e.t.Fatalf("dial: %v", err)
+	case err != nil:
+		return nil, ack, err
 	}
-	return c, ack, err
+	return &client{c}, ack, nil
 }
 
 // mustConnect connects or fails the test.
@@ -245,51 +213,31 @@ func (e *env) mustConnect(cfg *tls.Config, clientID string) *client {
 
 func (c *client) subscribe(t testing.TB, subs ...paho.SubscribeOptions) []byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs})
-	if sa == nil {
-		t.Fatalf("subscribe: %v", err)
-	}
-	return sa.Reasons
+	return c.SubscribeWith(t, subs...)
 }
 
 // publish sends p and returns the reason code of its acknowledgement (0 for
-// QoS 0).
+// QoS 0); no acknowledgement fails the test.
 func (c *client) publish(t testing.TB, p *paho.Publish) byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	r, err := c.Publish(ctx, p)
-	if r == nil {
-		t.Fatalf("publish %s: %v", p.Topic, err)
+	r := c.SendPacket(t, p)
+	if r.Err != nil {
+		t.Fatalf("publish %s: %v", p.Topic, r.Err)
 	}
-	return r.ReasonCode
+	return r.Reason
 }
 
 // next returns the next message received, failing after waitFor.
 func (c *client) next(t testing.TB) *paho.Publish {
 	t.Helper()
-	select {
-	case m := <-c.msgs:
-		return m
-	case <-time.After(waitFor):
-		t.Fatal("no message received")
-		return nil
-	}
+	return c.Msgs.Next(t, waitFor)
 }
 
-// expectOnly asserts that the next message is on topic want: anything
-// received before it was delivered against the test's expectation. Tests
-// send the message they expect after the ones that must not arrive, over
-// the same path, so its arrival bounds the wait.
+// expectOnly asserts that the next message is on topic want (see
+// testclient.Collector.ExpectNext).
 func (c *client) expectOnly(t testing.TB, want string) *paho.Publish {
 	t.Helper()
-	m := c.next(t)
-	if m.Topic != want {
-		t.Fatalf("received %q (%q) before %q: delivered against policy", m.Topic, m.Payload, want)
-	}
-	return m
+	return c.Msgs.ExpectNext(t, want, waitFor)
 }
 
 // poll waits until cond holds.
@@ -311,138 +259,14 @@ func sub(filter string, qos byte) paho.SubscribeOptions {
 func u32(v uint32) *uint32 { return &v }
 func u16(v uint16) *uint16 { return &v }
 
-// raw311 is a bare MQTT client: MQTT 3.1.1, which paho.golang does not
-// speak, or MQTT 5 where a test needs what paho does not do (not
-// acknowledging, for one).
-type raw311 struct {
-	conn    net.Conn
-	r       *bufio.Reader
-	version byte // 4 unless set
-}
-
-func (e *env) dial311(cfg *tls.Config) *raw311 {
+// dial311 opens a TLS connection for a bare MQTT 3.1.1 client.
+func (e *env) dial311(cfg *tls.Config) *testclient.Raw {
 	e.t.Helper()
-	conn := e.dial(cfg)
-	e.t.Cleanup(func() { _ = conn.Close() })
-	return &raw311{conn: conn, r: bufio.NewReader(conn), version: 4}
+	return testclient.DialRaw(e.t, e.addr, cfg, 4)
 }
 
 // dial5 is dial311 for a bare MQTT 5 client.
-func (e *env) dial5(cfg *tls.Config) *raw311 {
-	c := e.dial311(cfg)
-	c.version = 5
-	return c
-}
-
-func (c *raw311) write(t testing.TB, pk packets.Packet) {
-	t.Helper()
-	pk.ProtocolVersion = c.version
-	b := encodePacket(t, pk)
-	_ = c.conn.SetWriteDeadline(time.Now().Add(waitFor))
-	if _, err := c.conn.Write(b); err != nil {
-		t.Fatalf("raw311 write: %v", err)
-	}
-}
-
-// encodePacket is pk as a client sends it, in pk.ProtocolVersion.
-func encodePacket(t testing.TB, pk packets.Packet) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	default:
-		t.Fatalf("cannot encode packet type %d", pk.FixedHeader.Type)
-	}
-	if err != nil {
-		t.Fatalf("encode: %v", err)
-	}
-	return buf.Bytes()
-}
-
-// read returns the next packet, or an error (io.EOF and the like once the
-// server closed the connection).
-func (c *raw311) read() (packets.Packet, error) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(waitFor))
-	var pk packets.Packet
-	pk.ProtocolVersion = c.version
-	b, err := c.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(b); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(c.r)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining = n
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	case packets.Pingresp:
-	default:
-		err = errors.New("raw311: unexpected packet")
-	}
-	return pk, err
-}
-
-// expectClosed reads until the server closes the connection, failing if it
-// stays open.
-func (c *raw311) expectClosed(t testing.TB) {
-	t.Helper()
-	for i := 0; i < 100; i++ {
-		pk, err := c.read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatal("connection still open")
-		}
-		if err != nil {
-			return
-		}
-		t.Logf("read %d before the close", pk.FixedHeader.Type)
-	}
-	t.Fatal("connection still open")
-}
-
-func (c *raw311) connect(t testing.TB, clientID string) byte {
-	t.Helper()
-	return c.connectWith(t, packets.ConnectParams{Clean: true, ClientIdentifier: clientID}, packets.Properties{})
-}
-
-// connectWith sends a CONNECT (protocol name and, if unset, keepalive
-// filled in) and returns the CONNACK's reason code.
-func (c *raw311) connectWith(t testing.TB, cp packets.ConnectParams, props packets.Properties) byte {
-	t.Helper()
-	cp.ProtocolName = []byte("MQTT")
-	if cp.Keepalive == 0 {
-		cp.Keepalive = 30
-	}
-	c.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: cp, Properties: props})
-	pk, err := c.read()
-	if err != nil || pk.FixedHeader.Type != packets.Connack {
-		t.Fatalf("raw311: no CONNACK: %v", err)
-	}
-	return pk.ReasonCode
+func (e *env) dial5(cfg *tls.Config) *testclient.Raw {
+	e.t.Helper()
+	return testclient.DialRaw(e.t, e.addr, cfg, 5)
 }

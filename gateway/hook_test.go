@@ -311,7 +311,7 @@ func TestPolicyInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw := e.dial311(cfg)
-	if code := raw.connect(t, "old-client"); code != 0 {
+	if code := raw.Connect(t, "old-client"); code != 0 {
 		t.Fatal(code)
 	}
 	ins = rec.take()

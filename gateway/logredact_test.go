@@ -59,12 +59,12 @@ func TestRefusedPacketLoggedWithoutItsContents(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, engine(t))
 			c := e.dial311(e.enroll("sensor-1", nil))
-			c.version = tc.version
-			if code := c.connect(t, "sensor-1"); code != 0 {
+			c.Version = tc.version
+			if code := c.Connect(t, "sensor-1"); code != 0 {
 				t.Fatalf("CONNACK %#x", code)
 			}
-			c.write(t, tc.pk)
-			c.expectClosed(t)
+			c.Write(t, tc.pk)
+			c.ExpectClosed(t)
 			// Positive control: mochi did log the refusal.
 			poll(t, "mochi's warning", func() bool { return strings.Contains(e.logs.String(), "error processing packet") })
 			logs := e.logs.String()

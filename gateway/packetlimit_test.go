@@ -15,6 +15,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/policy"
 )
 
@@ -142,11 +143,11 @@ func TestDeclaredLengthBeyondLimitClosesConnection(t *testing.T) {
 				for i := range conns {
 					c := e.dial5(cfg)
 					if tc.afterConnect {
-						if code := c.connect(t, fmt.Sprintf("sensor-1-%d", i)); code != 0 {
+						if code := c.Connect(t, fmt.Sprintf("sensor-1-%d", i)); code != 0 {
 							t.Fatalf("CONNACK %#x", code)
 						}
 					}
-					conns[i] = c.conn
+					conns[i] = c.Conn
 				}
 				before := totalAlloc()
 				for _, c := range conns {
@@ -202,15 +203,15 @@ func TestPacketsAtTheLimitsWork(t *testing.T) {
 					WillFlag: true, WillTopic: "devices/sensor-1/state",
 				},
 			}, lc.maxConnect, func(pk *packets.Packet, b []byte) { pk.Connect.WillPayload = b })
-			raw.write(t, connect)
-			if pk, err := raw.read(); err != nil || pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
+			raw.Write(t, connect)
+			if pk, err := raw.Read(); err != nil || pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
 				t.Fatalf("CONNECT of %d bytes: %v, CONNACK %+v", lc.maxConnect, err, pk)
 			}
 
 			const topic = "devices/sensor-1/telemetry/big"
 			publish := sizedTo(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: topic},
 				lc.maxPacket, func(pk *packets.Packet, b []byte) { pk.Payload = b })
-			raw.write(t, publish)
+			raw.Write(t, publish)
 			m := ctl.expectOnly(t, topic)
 			if len(m.Payload) != len(publish.Payload) {
 				t.Fatalf("delivered %d bytes of payload, want %d", len(m.Payload), len(publish.Payload))
@@ -245,7 +246,7 @@ func headerLen(size int) int {
 func encoded(t *testing.T, pk packets.Packet) []byte {
 	t.Helper()
 	pk.ProtocolVersion = 5
-	return encodePacket(t, pk)
+	return testclient.EncodePacket(t, pk)
 }
 
 // sizedTo fills the payload of pk (through set) so that pk is exactly size

@@ -66,13 +66,8 @@ func filters(cl *mqtt.Client) []string {
 
 func expectDisconnect(t *testing.T, c *client, code byte) {
 	t.Helper()
-	select {
-	case d := <-c.disconnects:
-		if d.ReasonCode != code {
-			t.Errorf("DISCONNECT %#x, want %#x", d.ReasonCode, code)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("session not disconnected")
+	if d := c.WaitDisconnect(t, waitFor); d.ReasonCode != code {
+		t.Errorf("DISCONNECT %#x, want %#x", d.ReasonCode, code)
 	}
 }
 
@@ -82,7 +77,7 @@ func TestReevaluateCutsSessionsThePolicyNoLongerAdmits(t *testing.T) {
 	cfg1 := e.enroll("sensor-1", nil)
 	v5 := e.mustConnect(cfg1, "sensor-1")
 	v4 := e.dial311(cfg1)
-	if code := v4.connect(t, "sensor-1-v4"); code != 0 {
+	if code := v4.Connect(t, "sensor-1-v4"); code != 0 {
 		t.Fatalf("3.1.1 CONNACK %#x", code)
 	}
 	withWill, _, err := e.connect(e.enroll("sensor-3", nil), &paho.Connect{ClientID: "sensor-3", CleanStart: true,
@@ -104,7 +99,7 @@ func TestReevaluateCutsSessionsThePolicyNoLongerAdmits(t *testing.T) {
 	})
 	e.gw.reevaluateNow(t, "test revision")
 	expectDisconnect(t, v5, 0x87)
-	v4.expectClosed(t)
+	v4.ExpectClosed(t)
 	expectDisconnect(t, withWill, 0x87)
 	poll(t, "sessions to end", func() bool {
 		s := e.gw.Sessions()
@@ -221,20 +216,20 @@ func TestReevaluateDropsInflightOfLiveSession(t *testing.T) {
 	// A live MQTT 5 client that never acknowledges: what it was sent
 	// stays in flight, to be resent when the session resumes.
 	raw := e.dial5(cfg)
-	if code := raw.connectWith(t, packets.ConnectParams{ClientIdentifier: "s1"},
+	if code := raw.ConnectWith(t, packets.ConnectParams{ClientIdentifier: "s1"},
 		packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true}); code != 0 {
 		t.Fatalf("CONNACK %#x", code)
 	}
-	raw.write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+	raw.Write(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
 		Filters: packets.Subscriptions{{Filter: "devices/sensor-1/commands/#", Qos: 1}}})
-	if pk, err := raw.read(); err != nil || pk.FixedHeader.Type != packets.Suback || pk.ReasonCodes[0] != 1 {
+	if pk, err := raw.Read(); err != nil || pk.FixedHeader.Type != packets.Suback || pk.ReasonCodes[0] != 1 {
 		t.Fatalf("SUBACK %+v, %v", pk, err)
 	}
 	for _, topic := range []string{"a", "b"} {
 		if code := ctl.publish(t, &paho.Publish{Topic: "devices/sensor-1/commands/" + topic, QoS: 1, Payload: []byte(topic)}); code != 0 {
 			t.Fatal(code)
 		}
-		if pk, err := raw.read(); err != nil || pk.FixedHeader.Type != packets.Publish {
+		if pk, err := raw.Read(); err != nil || pk.FixedHeader.Type != packets.Publish {
 			t.Fatalf("delivery of %s: %+v, %v", topic, pk.FixedHeader, err)
 		}
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -127,7 +128,7 @@ func benchRevokeToDisconnect(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		written := time.Since(start)
-		pk, err := target.read()
+		pk, err := target.Read()
 		took := time.Since(start)
 		if err == nil && pk.FixedHeader.Type != packets.Disconnect {
 			b.Fatalf("round %d: read %d, want DISCONNECT", round, pk.FixedHeader.Type)
@@ -137,7 +138,7 @@ func benchRevokeToDisconnect(b *testing.B, n int) {
 		}
 		total = append(total, took)
 		write = append(write, written)
-		_ = target.conn.Close()
+		_ = target.Conn.Close()
 
 		b.StopTimer()
 		for e.gw.watch.waiting.Load() != e.reg.Watch() {
@@ -168,18 +169,14 @@ func benchRevokeToDisconnect(b *testing.B, n int) {
 
 // benchTarget enrolls device target-ROUND, connects it over MQTT 5 and
 // returns the connection and the device name.
-func (e *env) benchTarget(b *testing.B, round int) (*raw311, string) {
+func (e *env) benchTarget(b *testing.B, round int) (*testclient.Raw, string) {
 	name := fmt.Sprintf("target-%05d", round)
 	id := spiffeid.RequireFromSegments(testTD, "device", name)
 	if _, err := e.reg.Create(registry.Device{Name: name, SPIFFEID: id.String()}); err != nil {
 		b.Fatal(err)
 	}
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: waitFor}, "tcp", e.addr, e.svid(id))
-	if err != nil {
-		b.Fatal(err)
-	}
-	c := &raw311{conn: conn, r: bufio.NewReader(conn), version: 5}
-	if code := c.connectWith(b, packets.ConnectParams{Clean: true, ClientIdentifier: name, Keepalive: 3600}, packets.Properties{}); code != 0 {
+	c := testclient.DialRaw(b, e.addr, e.svid(id), 5)
+	if code := c.ConnectWith(b, packets.ConnectParams{Clean: true, ClientIdentifier: name, Keepalive: 3600}, packets.Properties{}); code != 0 {
 		b.Fatalf("target CONNACK %#x", code)
 	}
 	return c, name

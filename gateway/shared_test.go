@@ -50,24 +50,19 @@ func sendBatch(t *testing.T, sensor *client, round string, n int) {
 // want of them or, if it never gets that many, until waitFor has passed.
 func (c *client) drain(want int) map[string]bool {
 	got := map[string]bool{}
-	deadline := time.After(waitFor)
+	deadline := time.Now().Add(waitFor)
 	for len(got) < want {
-		select {
-		case m := <-c.msgs:
-			got[string(m.Payload)] = true
-		case <-deadline:
+		m, ok := c.Msgs.Take(time.Until(deadline))
+		if !ok {
 			return got
 		}
+		got[string(m.Payload)] = true
 	}
 	// Anything already queued beyond want counts too.
-	for {
-		select {
-		case m := <-c.msgs:
-			got[string(m.Payload)] = true
-		default:
-			return got
-		}
+	for k := range c.drainSome() {
+		got[k] = true
 	}
+	return got
 }
 
 // share is two persistent members of shareFilter and a sensor.
@@ -112,12 +107,11 @@ func shareMembers(t *testing.T, e *env) *share {
 func (c *client) drainSome() map[string]bool {
 	got := map[string]bool{}
 	for {
-		select {
-		case m := <-c.msgs:
-			got[string(m.Payload)] = true
-		default:
+		m, ok := c.Msgs.Take(0)
+		if !ok {
 			return got
 		}
+		got[string(m.Payload)] = true
 	}
 }
 

@@ -171,8 +171,8 @@ func TestAPI_BadInputIs4xx(t *testing.T) {
 			t.Errorf("%s: %s %s: %d %s; want %d", c.name, c.method, c.path, res.Status, truncate(res.Body), c.want)
 			continue
 		}
-		if !strings.HasPrefix(res.ContentType, "application/json") {
-			t.Errorf("%s: Content-Type %q; want application/json", c.name, res.ContentType)
+		if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+			t.Errorf("%s: Content-Type %q; want application/json", c.name, ct)
 		}
 		res.ErrorMessage(t)
 	}

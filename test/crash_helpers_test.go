@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -21,10 +19,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/mqttconn"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
 )
 
@@ -43,20 +42,6 @@ func buildZtgate(t *testing.T) string {
 		t.Fatalf("go build ztgate: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// freeAddr returns a 127.0.0.1 address whose port was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
 }
 
 // gatewayProc is `ztgate dev` running as a child process.
@@ -181,36 +166,24 @@ func (c *apiClient) close() { c.http.CloseIdleConnections() }
 // a JSON answer into out when out is non-nil and the status is 2xx. err is
 // a transport failure: no answer arrived.
 func (c *apiClient) call(method, path string, body, out any) (status int, raw []byte, err error) {
-	var rd io.Reader
+	var b []byte
+	ct := ""
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
+		if b, err = json.Marshal(body); err != nil {
 			return 0, nil, err
 		}
-		rd = bytes.NewReader(b)
+		ct = "application/json"
 	}
-	req, err := http.NewRequest(method, c.base+path, rd)
+	res, err := testclient.Do(c.http, method, c.base+path, ct, b, nil)
 	if err != nil {
 		return 0, nil, err
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	raw, err = io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return 0, nil, err
-	}
-	if out != nil && resp.StatusCode/100 == 2 {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return resp.StatusCode, raw, fmt.Errorf("decode %s %s: %w", method, path, err)
+	if out != nil && res.Status/100 == 2 {
+		if err := json.Unmarshal(res.Body, out); err != nil {
+			return res.Status, res.Body, fmt.Errorf("decode %s %s: %w", method, path, err)
 		}
 	}
-	return resp.StatusCode, raw, nil
+	return res.Status, res.Body, nil
 }
 
 // deviceNames lists every device name through the API, page by page.
@@ -282,22 +255,15 @@ func (c *apiClient) audit(t *testing.T) []auditEntry {
 func mqttConnect(addr string, roots *x509.CertPool, cert tls.Certificate, clientID string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := (&tls.Dialer{Config: &tls.Config{
-		RootCAs: roots, ServerName: "127.0.0.1", Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
-	}}).DialContext(ctx, "tcp", addr)
+	c, err := mqttconn.Dial(ctx, addr, mqttconn.Options{
+		TLS:           testclient.TLSConfig(roots, &cert),
+		Connect:       &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true},
+		PacketTimeout: 10 * time.Second,
+	})
 	if err != nil {
-		return fmt.Errorf("dial: %w", err)
-	}
-	defer conn.Close()
-	c := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn), PacketTimeout: 10 * time.Second})
-	ca, err := c.Connect(ctx, &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true})
-	if err != nil {
-		if ca != nil {
-			return fmt.Errorf("CONNACK %#x: %w", ca.ReasonCode, err)
-		}
 		return err
 	}
-	return c.Disconnect(&paho.Disconnect{ReasonCode: 0})
+	return c.Client.Disconnect(&paho.Disconnect{ReasonCode: 0})
 }
 
 // caFiles are the CA's certificate and key as read from the data dir.
@@ -330,7 +296,7 @@ func (f caFiles) checkPair(t *testing.T) {
 }
 
 // addrInUse reports whether a child's output says a listen address was
-// taken (by a process outside the test, between freeAddr and the start).
+// taken (by a process outside the test, between ClosedAddr and the start).
 func addrInUse(out string) bool {
 	return strings.Contains(out, "address already in use")
 }

@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testclient"
 )
 
 // Crash safety: devices are enrolled through the API by several clients at
@@ -47,7 +48,7 @@ func TestCrash_SIGKILLDuringConcurrentEnrollment(t *testing.T) {
 	bin := buildZtgate(t)
 	t.Logf("ztgate built in %s", time.Since(began).Round(time.Millisecond))
 	dataDir := filepath.Join(t.TempDir(), "data")
-	mqttAddr, apiAddr := freeAddr(t), freeAddr(t)
+	mqttAddr, apiAddr := testclient.ClosedAddr(t), testclient.ClosedAddr(t)
 	caPath := filepath.Join(dataDir, "ca", identity.CACertFile)
 
 	var roots *x509.CertPool
@@ -72,8 +73,8 @@ func TestCrash_SIGKILLDuringConcurrentEnrollment(t *testing.T) {
 				return p
 			}
 			if addrInUse(p.out.String()) && attempt < 3 {
-				// Another process took a port between freeAddr and the start.
-				mqttAddr, apiAddr = freeAddr(t), freeAddr(t)
+				// Another process took a port between ClosedAddr and the start.
+				mqttAddr, apiAddr = testclient.ClosedAddr(t), testclient.ClosedAddr(t)
 				continue
 			}
 			t.Fatalf("ztgate exited before it was ready (%v); output:\n%s", p.err, p.out.String())

@@ -1,12 +1,10 @@
 package test
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testutil"
 )
 
@@ -47,11 +46,7 @@ func mintToken(t *testing.T, env *testutil.Env, name, ttl string, labels map[str
 }
 
 // enrollAnswer is a raw answer of POST /v1/enroll.
-type enrollAnswer struct {
-	Status int
-	Header http.Header
-	Body   []byte
-}
+type enrollAnswer = testutil.Response
 
 // enrollment is the body of a successful POST /v1/enroll.
 type enrollment struct {
@@ -74,21 +69,11 @@ func redeem(env *testutil.Env, pin, token string, csrPEM []byte) (*enrollAnswer,
 	if err != nil {
 		return nil, err
 	}
-	client := &http.Client{
-		Timeout:   wait,
-		Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true},
-	}
-	defer client.CloseIdleConnections()
-	resp, err := client.Post(env.APIURL+"/v1/enroll", "application/json", bytes.NewReader(body))
+	res, err := testclient.Request(cfg, http.MethodPost, env.APIURL+"/v1/enroll", "application/json", body)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, err
-	}
-	return &enrollAnswer{Status: resp.StatusCode, Header: resp.Header, Body: raw}, nil
+	return &res, nil
 }
 
 func mustRedeem(t *testing.T, env *testutil.Env, pin, token string, csrPEM []byte) *enrollAnswer {

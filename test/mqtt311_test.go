@@ -4,24 +4,25 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testutil"
 )
 
 // pub runs mosquitto_pub as dev with extra arguments.
 func pub(t *testing.T, env *testutil.Env, dev *testutil.Device, args ...string) testutil.Result {
 	t.Helper()
-	return testutil.Run(t, "mosquitto_pub", append(env.MosquittoArgs(dev), args...)...)
+	return testclient.Run(t, "mosquitto_pub", append(env.MosquittoArgs(dev), args...)...)
 }
 
 // The README's quickstart, with standard clients: an enrolled device
 // publishes telemetry with mosquitto_pub and a controller subscribed with
 // mosquitto_sub -v receives it.
 func TestMQTT311_Quickstart(t *testing.T) {
-	testutil.RequireMosquitto(t)
+	testclient.RequireMosquitto(t)
 	t.Parallel()
 	f := newFleet(t)
 
-	sub := testutil.StartSub(t, append(f.env.MosquittoArgs(f.ctl),
+	sub := testclient.StartSub(t, append(f.env.MosquittoArgs(f.ctl),
 		"-V", "mqttv311", "-d", "-v", "-t", "devices/+/telemetry/#", "-C", "1", "-W", "20")...)
 	sub.WaitLine(t, "Subscribed (mid: 1): 0", wait)
 
@@ -40,7 +41,7 @@ func TestMQTT311_Quickstart(t *testing.T) {
 // forbidden Last Will. The same commands for an enrolled device with an
 // allowed will are the positive control.
 func TestMQTT311_ConnectRefused(t *testing.T) {
-	testutil.RequireMosquitto(t)
+	testclient.RequireMosquitto(t)
 	t.Parallel()
 	f := newFleet(t)
 	stranger := f.env.Issue(t, f.env.DeviceID("stranger"))
@@ -73,11 +74,11 @@ func TestMQTT311_ConnectRefused(t *testing.T) {
 // MQTT 3.1.1 SUBACK carries 0x80 for each denied filter while the allowed
 // filter of the same SUBSCRIBE is granted and delivers.
 func TestMQTT311_SubackFailurePerFilter(t *testing.T) {
-	testutil.RequireMosquitto(t)
+	testclient.RequireMosquitto(t)
 	t.Parallel()
 	f := newFleet(t)
 
-	sub := testutil.StartSub(t, append(f.env.MosquittoArgs(f.s1),
+	sub := testclient.StartSub(t, append(f.env.MosquittoArgs(f.s1),
 		"-V", "mqttv311", "-d", "-v", "-q", "1",
 		"-t", "#", "-t", "devices/sensor-1/commands/#", "-t", "devices/+/state", "-t", "$SYS/#",
 		"-C", "1", "-W", "20")...)
@@ -114,7 +115,7 @@ func TestMQTT311_SubackFailurePerFilter(t *testing.T) {
 // QoS 1 the client is disconnected. An allowed publish after each is the
 // positive control.
 func TestMQTT311_PublishRefused(t *testing.T) {
-	testutil.RequireMosquitto(t)
+	testclient.RequireMosquitto(t)
 	t.Parallel()
 	f := newFleet(t)
 	spy := f.spyOn(t)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -13,12 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -51,26 +50,15 @@ func keyValues(t *testing.T, out string) map[string]string {
 // an MQTT 5 CONNECT; it returns the CONNACK's reason code.
 func mqttConnect(t *testing.T, a *app.App, conf *tls.Config, clientID string) (byte, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	conf = conf.Clone()
 	conf.ServerName = "localhost"
-	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", a.MQTTAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	tc := tls.Client(raw, conf)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return 0, fmt.Errorf("tls handshake: %w", err)
-	}
-	c := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(tc), PacketTimeout: 10 * time.Second})
-	ca, err := c.Connect(ctx, &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true})
+	d := testclient.Dialer{Addr: a.MQTTAddr().String(), TLS: conf}
+	c, ca, err := d.Dial(t, &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true})
 	if ca == nil && err != nil {
 		return 0, err
 	}
 	if err == nil {
-		_ = c.Disconnect(&paho.Disconnect{})
+		c.Close()
 	}
 	return ca.ReasonCode, nil
 }

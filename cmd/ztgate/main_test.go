@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -19,7 +18,9 @@ import (
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
+	"github.com/ztgate/ztgate/internal/testutil"
 )
 
 // result is one in-process run of the command line.
@@ -70,37 +71,11 @@ func assertOneLineError(t *testing.T, r result, want string, args []string) {
 	}
 }
 
-// startApp runs a gateway on loopback ports chosen by the kernel.
+// startApp runs a gateway on loopback ports chosen by the kernel
+// (testutil's, its log shown if the test fails).
 func startApp(t *testing.T, mods ...func(*app.Config)) *app.App {
 	t.Helper()
-	cfg := app.DefaultConfig()
-	cfg.DataDir = filepath.Join(t.TempDir(), "data")
-	cfg.MQTTAddr = "127.0.0.1:0"
-	cfg.APIAddr = "127.0.0.1:0"
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	for _, mod := range mods {
-		mod(&cfg)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a, err := app.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start gateway: %v", err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
-	return a
-}
-
-// closedPort is a loopback address nothing listens on.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return testutil.Start(t, testutil.WithConfig(mods...)).App
 }
 
 func TestDeviceCommands(t *testing.T) {
@@ -225,7 +200,7 @@ func checkSVIDDir(t *testing.T, a *app.App, dir, want string) []byte {
 
 func TestClientErrors(t *testing.T) {
 	a := startApp(t)
-	dead := "https://" + closedPort(t)
+	dead := "https://" + testclient.ClosedAddr(t)
 	live := []string{"--api", a.APIURL(), "--admin-dir", a.AdminDir()}
 	unreachable := []string{"--api", dead, "--admin-dir", a.AdminDir()}
 	with := func(flags []string, args ...string) []string {
@@ -280,7 +255,7 @@ func TestClientErrors(t *testing.T) {
 
 func TestClientEnvironment(t *testing.T) {
 	a := startApp(t)
-	dead := "https://" + closedPort(t)
+	dead := "https://" + testclient.ClosedAddr(t)
 	env := map[string]string{"ZTGATE_API": a.APIURL(), "ZTGATE_ADMIN_DIR": a.AdminDir()}
 
 	r := ztgate(t, env, "", "device", "list")

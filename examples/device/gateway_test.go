@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,174 +15,57 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
+	"github.com/ztgate/ztgate/internal/testutil"
 	"github.com/ztgate/ztgate/registry"
 )
 
 // wait bounds every wait for something that must happen; it is only
 // reached when a test fails.
-const wait = 10 * time.Second
+const wait = testutil.Wait
 
-// gateway is a real ztgate (MQTT over mTLS, API, registry, default policy)
-// on 127.0.0.1, signing device SVIDs with a short lifetime.
-type gateway struct {
-	app  *app.App
-	ttl  time.Duration
-	mqtt string // 127.0.0.1:PORT
-	api  string // https://127.0.0.1:PORT
-}
-
-func startGateway(t *testing.T, ttl time.Duration) *gateway {
-	t.Helper()
-	logs := &testpki.LogBuffer{}
-	cfg := app.DefaultConfig()
-	cfg.DataDir = filepath.Join(t.TempDir(), "data")
-	cfg.MQTTAddr = "127.0.0.1:0"
-	cfg.APIAddr = "127.0.0.1:0"
-	cfg.SVIDTTL = ttl
-	cfg.PolicyWatch = false
-	// Decisions are tested here, not their latency: a starved evaluation
-	// must not fail closed and turn a positive control into a flake.
-	cfg.PolicyTimeout = 5 * time.Second
-	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a, err := app.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start gateway: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := a.Close(); err != nil {
-			t.Errorf("close gateway: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", logs.String())
-		}
+// withSVIDTTL makes the gateway (a real ztgate: MQTT over mTLS, API,
+// registry, default policy on 127.0.0.1) sign device SVIDs with a short
+// lifetime.
+func withSVIDTTL(ttl time.Duration) testutil.Option {
+	return testutil.WithConfig(func(c *app.Config) {
+		c.SVIDTTL = ttl
+		c.PolicyWatch = false
 	})
-	port := func(addr net.Addr) string {
-		_, p, err := net.SplitHostPort(addr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	return &gateway{app: a, ttl: ttl,
-		mqtt: net.JoinHostPort("127.0.0.1", port(a.MQTTAddr())),
-		api:  "https://" + net.JoinHostPort("127.0.0.1", port(a.APIAddr()))}
 }
 
-// enroll registers name with labels and writes an SVID directory for it
-// (key made here, CSR signed by the gateway's CA with the gateway's TTL),
-// as `ztgate device enroll --out` lays it out.
-func (g *gateway) enroll(t *testing.T, name, idPath string, labels map[string]string) (dir string, id spiffeid.ID) {
+// controller connects an MQTT 5 client labelled role=controller, with an
+// SVID that outlives the test (the gateway's own are short), subscribed
+// to the device states.
+func controller(t *testing.T, g *testutil.Env) *testutil.Client {
 	t.Helper()
-	id = spiffeid.RequireFromPath(g.app.TrustDomain(), idPath)
-	if _, err := g.app.Registry().Create(registry.Device{Name: name, SPIFFEID: id.String(), Labels: labels}); err != nil {
-		t.Fatalf("register %s: %v", name, err)
-	}
-	key := testpki.NewKey(t)
-	chain, err := g.app.CA().SignCSR(testpki.CSRPEM(t, key, nil), id, g.ttl)
-	if err != nil {
-		t.Fatalf("sign %s: %v", name, err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir = t.TempDir()
-	writeFiles(t, dir, map[string][]byte{
-		svidFile:   chain,
-		keyFile:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		bundleFile: g.app.CA().BundlePEM(),
-	})
-	return dir, id
-}
-
-// controller is an MQTT 5 client labelled role=controller, with an SVID
-// that outlives the test, collecting the device states it receives.
-type controller struct {
-	cli    *paho.Client
-	states chan string
-}
-
-func (g *gateway) controller(t *testing.T) *controller {
-	t.Helper()
-	id := spiffeid.RequireFromPath(g.app.TrustDomain(), "/controller/ctl-1")
-	if _, err := g.app.Registry().Create(registry.Device{Name: "ctl-1", SPIFFEID: id.String(),
+	id := "spiffe://" + g.TD.Name() + "/controller/ctl-1"
+	if _, err := g.App.Registry().Create(registry.Device{Name: "ctl-1", SPIFFEID: id,
 		Labels: map[string]string{"role": "controller"}}); err != nil {
 		t.Fatal(err)
 	}
-	chainPEM, keyPEM, err := g.app.CA().IssueSVID(id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(chainPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(g.app.CA().Certificate())
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	conn, err := (&tls.Dialer{Config: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1",
-		Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}).DialContext(ctx, "tcp", g.mqtt)
-	if err != nil {
-		t.Fatalf("controller: dial: %v", err)
-	}
-	c := &controller{states: make(chan string, 64)}
-	c.cli = paho.NewClient(paho.ClientConfig{
-		Conn: packets.NewThreadSafeConn(conn),
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			select {
-			case c.states <- string(pr.Packet.Payload):
-			default:
-			}
-			return true, nil
-		}},
-		PacketTimeout: wait,
-	})
-	if _, err := c.cli.Connect(ctx, &paho.Connect{ClientID: "ctl-1", KeepAlive: 30, CleanStart: true}); err != nil {
-		_ = conn.Close()
-		t.Fatalf("controller: connect: %v", err)
-	}
-	t.Cleanup(func() { _ = c.cli.Disconnect(&paho.Disconnect{}) })
-	sa, err := c.cli.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/+/state", QoS: 1}}})
-	if err != nil || len(sa.Reasons) != 1 || sa.Reasons[0] >= 0x80 {
-		t.Fatalf("controller: subscribe: %v %+v", err, sa)
-	}
-	return c
+	ctl := g.MustConnect(t, g.IssueTTL(t, id, time.Hour), "ctl-1", nil)
+	ctl.Sub(t, "devices/+/state")
+	return ctl
 }
 
-// command publishes a QoS 1 command and fails unless the gateway accepts it.
-func (c *controller) command(t *testing.T, topic string, payload []byte) {
+// sendCommand publishes a QoS 1 command and fails unless the gateway
+// accepts it.
+func sendCommand(t *testing.T, ctl *testutil.Client, topic string, payload []byte) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	pr, err := c.cli.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: payload})
-	if err != nil || pr.ReasonCode >= 0x80 {
-		t.Fatalf("command on %s: %v (%+v)", topic, err, pr)
-	}
+	ctl.Pub(t, testutil.Msg{Topic: topic, QoS: 1, Payload: string(payload)})
 }
 
-// expectState waits for the device state payload want.
-func (c *controller) expectState(t *testing.T, want string) {
+// expectState fails unless the next device state the controller receives
+// is want.
+func expectState(t *testing.T, ctl *testutil.Client, want string) {
 	t.Helper()
-	deadline := time.After(wait)
-	for {
-		select {
-		case s := <-c.states:
-			if s == want {
-				return
-			}
-			t.Fatalf("device state %q, want %q", s, want)
-		case <-deadline:
-			t.Fatalf("no device state %q within %s", want, wait)
-		}
+	if m := ctl.Msgs.Next(t, wait); string(m.Payload) != want {
+		t.Fatalf("device state %q, want %q", m.Payload, want)
 	}
 }
 
@@ -232,11 +113,12 @@ func TestRenewalKeepsSessionWithoutLoss(t *testing.T) {
 		t.Skip("runs for several seconds")
 	}
 	const ttl = 6 * time.Second
-	g := startGateway(t, ttl)
-	ctl := g.controller(t)
-	dir, id := g.enroll(t, "sensor-1", "/device/sensor-1", nil)
+	g := testutil.Start(t, withSVIDTTL(ttl))
+	ctl := controller(t, g)
+	dev := g.Enroll(t, "sensor-1", nil)
+	dir := dev.Dir
 
-	d, logs := newTestDevice(t, options{svidDir: dir, broker: g.mqtt, api: g.api, interval: time.Second})
+	d, logs := newTestDevice(t, options{svidDir: dir, broker: g.MQTTAddr, api: g.APIURL, interval: time.Second})
 	first := d.svids.current()
 	var (
 		mu       sync.Mutex
@@ -262,14 +144,14 @@ func TestRenewalKeepsSessionWithoutLoss(t *testing.T) {
 		return realDial(ctx, network, addr)
 	}
 	runDevice(t, d, logs)
-	ctl.expectState(t, "online") // subscribed to its commands, then online
+	expectState(t, ctl, "online") // subscribed to its commands, then online
 
 	// Publish for longer than two half-lives, so at least two renewals
 	// (and reconnections) happen while commands flow.
 	const n = 150
 	start := time.Now()
 	for i := range n {
-		ctl.command(t, "devices/sensor-1/commands/x", fmt.Appendf(nil, `{"cmd":"ping","id":"c-%03d"}`, i))
+		sendCommand(t, ctl, "devices/sensor-1/commands/x", fmt.Appendf(nil, `{"cmd":"ping","id":"c-%03d"}`, i))
 		// Paced so that the commands span ~7 s, whatever the machine.
 		if next := start.Add(time.Duration(i+1) * 7 * time.Second / n); time.Until(next) > 0 {
 			time.Sleep(time.Until(next))
@@ -302,8 +184,8 @@ func TestRenewalKeepsSessionWithoutLoss(t *testing.T) {
 	if cur.serial() == first.serial() {
 		t.Fatalf("SVID serial unchanged (%s): no renewal happened", cur.serial())
 	}
-	if cur.id != id {
-		t.Fatalf("renewed SVID is for %s, want %s", cur.id, id)
+	if cur.id.String() != dev.ID {
+		t.Fatalf("renewed SVID is for %s, want %s", cur.id, dev.ID)
 	}
 	if lifetime := cur.leaf().NotAfter.Sub(cur.obtained); lifetime > ttl {
 		t.Fatalf("renewed SVID lives %s, want at most the gateway's %s", lifetime, ttl)
@@ -322,7 +204,7 @@ func TestRenewalKeepsSessionWithoutLoss(t *testing.T) {
 	}
 	// Each renewal was a reconnection ("online" again), never a Will.
 	for range renewals {
-		ctl.expectState(t, "online")
+		expectState(t, ctl, "online")
 	}
 	if strings.Contains(logs.String(), "disconnected by gateway") {
 		t.Fatalf("the gateway cut the device:\n%s", logs.String())
@@ -343,16 +225,16 @@ func dupes(mu *sync.Mutex, m map[string]int) int {
 // A suspended device cannot renew: the API refuses, the device keeps its
 // current SVID (in memory and on disk) and reports why. Resumed, it renews.
 func TestRenewRefusedWhileSuspended(t *testing.T) {
-	g := startGateway(t, time.Hour)
-	dir, _ := g.enroll(t, "sensor-1", "/device/sensor-1", nil)
-	d, _ := newTestDevice(t, options{svidDir: dir, broker: g.mqtt, api: g.api, interval: time.Second})
+	g := testutil.Start(t, withSVIDTTL(time.Hour))
+	dir := g.Enroll(t, "sensor-1", nil).Dir
+	d, _ := newTestDevice(t, options{svidDir: dir, broker: g.MQTTAddr, api: g.APIURL, interval: time.Second})
 	before, err := os.ReadFile(filepath.Join(dir, svidFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	first := d.svids.current()
 
-	if _, err := g.app.Registry().SetStatus("sensor-1", registry.StatusSuspended); err != nil {
+	if _, err := g.App.Registry().SetStatus("sensor-1", registry.StatusSuspended); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -367,7 +249,7 @@ func TestRenewRefusedWhileSuspended(t *testing.T) {
 	}
 
 	// Positive control: the same device, active again, renews.
-	if _, err := g.app.Registry().SetStatus("sensor-1", registry.StatusActive); err != nil {
+	if _, err := g.App.Registry().SetStatus("sensor-1", registry.StatusActive); err != nil {
 		t.Fatal(err)
 	}
 	next, err := d.renew.renew(ctx)
@@ -387,17 +269,10 @@ func TestRenewRefusedWhileSuspended(t *testing.T) {
 // the device retries with backoff, warns while the SVID is still valid,
 // and once it has expired says so and keeps trying.
 func TestRenewalFailureRetriesPastExpiry(t *testing.T) {
-	g := startGateway(t, 2*time.Second)
-	dir, _ := g.enroll(t, "sensor-1", "/device/sensor-1", nil)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedAPI := "https://" + l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	d, logs := newTestDevice(t, options{svidDir: dir, broker: g.mqtt, api: closedAPI, interval: time.Second})
+	g := testutil.Start(t, withSVIDTTL(2*time.Second))
+	dir := g.Enroll(t, "sensor-1", nil).Dir
+	closedAPI := "https://" + testclient.ClosedAddr(t)
+	d, logs := newTestDevice(t, options{svidDir: dir, broker: g.MQTTAddr, api: closedAPI, interval: time.Second})
 	first := d.svids.current()
 
 	ctx, cancel := context.WithCancel(context.Background())

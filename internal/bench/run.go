@@ -14,12 +14,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	pahopackets "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/mqttconn"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -350,17 +350,10 @@ func split(n int64, k int) []int64 {
 // clientID. A connection the server or the network ends before the run is
 // over fails the run.
 func (r *run) connect(ctx context.Context, tc *tls.Config, clientID string, onPublish func(paho.PublishReceived) (bool, error)) (*paho.Client, net.Conn, error) {
-	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", r.addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("bench: dial %s: %w", r.addr, err)
-	}
-	conn := tls.Client(raw, tc)
-	if err := conn.HandshakeContext(ctx); err != nil {
-		_ = raw.Close()
-		return nil, nil, fmt.Errorf("bench: TLS handshake as %s: %w", clientID, err)
-	}
-	ccfg := paho.ClientConfig{
-		Conn: pahopackets.NewThreadSafeConn(conn),
+	c, err := mqttconn.Dial(ctx, r.addr, mqttconn.Options{
+		TLS:               tc,
+		Connect:           &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 60},
+		OnPublishReceived: onPublish,
 		OnClientError: func(err error) {
 			r.fail(fmt.Errorf("bench: connection of %s: %w", clientID, err))
 		},
@@ -368,20 +361,11 @@ func (r *run) connect(ctx context.Context, tc *tls.Config, clientID string, onPu
 			r.fail(fmt.Errorf("bench: the gateway disconnected %s (reason %#x)", clientID, d.ReasonCode))
 		},
 		PacketTimeout: 30 * time.Second,
-	}
-	if onPublish != nil {
-		ccfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){onPublish}
-	}
-	c := paho.NewClient(ccfg)
-	ca, err := c.Connect(ctx, &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 60})
+	})
 	if err != nil {
-		_ = conn.Close()
-		if ca != nil {
-			return nil, nil, fmt.Errorf("bench: CONNECT as %s refused (reason %#x): %w", clientID, ca.ReasonCode, err)
-		}
-		return nil, nil, fmt.Errorf("bench: CONNECT as %s: %w", clientID, err)
+		return nil, nil, fmt.Errorf("bench: connect as %s: %w", clientID, err)
 	}
-	return c, conn, nil
+	return c.Client, c.TLS, nil
 }
 
 // shutdown closes the gateway, then the clients. In that order on

@@ -1,43 +1,15 @@
 package testutil
 
 import (
-	"bytes"
 	"encoding/json"
-	"io"
-	"net/http"
 	"net/url"
 	"testing"
+
+	"github.com/ztgate/ztgate/internal/testclient"
 )
 
 // Response is an answer of the admin API.
-type Response struct {
-	Status      int
-	ContentType string
-	Body        []byte
-}
-
-// Decode unmarshals the body into v, failing the test if it is not JSON.
-func (r *Response) Decode(t testing.TB, v any) {
-	t.Helper()
-	if err := json.Unmarshal(r.Body, v); err != nil {
-		t.Fatalf("response %d is not the JSON expected: %v: %s", r.Status, err, r.Body)
-	}
-}
-
-// ErrorMessage returns the "error" field of a JSON error body, failing the
-// test unless the body is exactly such an object with a non-empty message.
-func (r *Response) ErrorMessage(t testing.TB) string {
-	t.Helper()
-	var e map[string]any
-	if err := json.Unmarshal(r.Body, &e); err != nil {
-		t.Fatalf("error response %d is not JSON: %v: %q", r.Status, err, r.Body)
-	}
-	msg, ok := e["error"].(string)
-	if !ok || msg == "" {
-		t.Fatalf("error response %d has no \"error\" message: %s", r.Status, r.Body)
-	}
-	return msg
-}
+type Response = testclient.Response
 
 // API sends one request to the admin API as who. body is nil, []byte (sent
 // as is, as application/json) or any value marshalled to JSON. A transport
@@ -51,48 +23,30 @@ func (e *Env) API(t testing.TB, who *Device, method, path string, body any) *Res
 	return res
 }
 
-// APIRaw is API with an explicit content type, returning transport errors
-// (a refused TLS handshake, for example) instead of failing the test.
+// APIRaw is API with an explicit content type (sent only with a body),
+// returning transport errors (a refused TLS handshake, for example)
+// instead of failing the test. Each request is a new TLS connection, so
+// the API always sees who's certificate of now.
 func (e *Env) APIRaw(who *Device, method, path, contentType string, body any) (*Response, error) {
-	var rd io.Reader
+	var raw []byte
 	switch b := body.(type) {
 	case nil:
+		contentType = ""
 	case []byte:
-		rd = bytes.NewReader(b)
+		raw = b
 	case string:
-		rd = bytes.NewReader([]byte(b))
+		raw = []byte(b)
 	default:
-		raw, err := json.Marshal(b)
-		if err != nil {
+		var err error
+		if raw, err = json.Marshal(b); err != nil {
 			return nil, err
 		}
-		rd = bytes.NewReader(raw)
 	}
-	req, err := http.NewRequest(method, e.APIURL+path, rd)
+	res, err := testclient.Request(who.TLSConfig(), method, e.APIURL+path, contentType, raw)
 	if err != nil {
 		return nil, err
 	}
-	if rd != nil && contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	client := &http.Client{
-		Timeout: Wait,
-		Transport: &http.Transport{
-			TLSClientConfig:   who.TLSConfig(),
-			DisableKeepAlives: true,
-		},
-	}
-	defer client.CloseIdleConnections()
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, err
-	}
-	return &Response{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: raw}, nil
+	return &res, nil
 }
 
 // DeviceNames lists the names of every enrolled device through the API as

@@ -4,6 +4,12 @@
 // gateway's own CA (or deliberately broken ones), and HTTPS clients of the
 // admin API. Nothing is mocked: a test talks to the same wiring the ztgate
 // command runs.
+//
+// It is the top layer of the test helpers. internal/testpki mints
+// certificates, internal/testclient talks to a gateway from outside given
+// its address; testutil starts the whole app (internal/app) and binds
+// those clients to it. Packages below internal/app (gateway, api) use the
+// two lower layers directly.
 package testutil
 
 import (
@@ -27,6 +33,7 @@ import (
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
 	"github.com/ztgate/ztgate/policy/defaultpolicy"
 )
@@ -34,15 +41,12 @@ import (
 // TrustDomain is the trust domain every test gateway serves.
 const TrustDomain = "example.org"
 
-// Wait bounds every wait for something that must happen (a delivery, a
-// disconnect). It is generous because it is only ever reached when a test
-// fails.
-const Wait = 10 * time.Second
-
-// Quiet is how long a test watches for a message that must never arrive.
-// It is only used after a positive control has shown, on the same path,
-// that an allowed message arrives, so a short window suffices.
-const Quiet = 300 * time.Millisecond
+// Wait and Quiet are testclient's: how long a test waits for what must
+// happen, and watches for what must not.
+const (
+	Wait  = testclient.Wait
+	Quiet = testclient.Quiet
+)
 
 // Option changes how Start builds a gateway.
 type Option func(*options)
@@ -50,6 +54,13 @@ type Option func(*options)
 type options struct {
 	policyDir string
 	extra     map[string]string
+	configure []func(*app.Config)
+}
+
+// WithConfig changes the gateway's configuration after Start's own
+// settings, for example its SVID lifetime.
+func WithConfig(mods ...func(*app.Config)) Option {
+	return func(o *options) { o.configure = append(o.configure, mods...) }
 }
 
 // WithPolicyDir serves the Rego files of dir instead of the embedded
@@ -135,6 +146,9 @@ func start(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), o
 		cfg.PolicyDir = o.policyDir
 	case len(o.extra) > 0:
 		cfg.PolicyDir = writePolicyDir(t, filepath.Join(dir, "policy"), o.extra)
+	}
+	for _, mod := range o.configure {
+		mod(&cfg)
 	}
 	if configure != nil {
 		configure(&cfg)
@@ -298,19 +312,7 @@ func (e *Env) enroll(t testing.TB, name, id string, labels map[string]string) *D
 // not know.
 func (e *Env) Issue(t testing.TB, id string) *Device {
 	t.Helper()
-	sid, err := spiffeid.FromString(id)
-	if err != nil {
-		t.Fatalf("issue %s: %v", id, err)
-	}
-	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := e.App.CA().SignCSR(csrPEM, sid, time.Hour)
-	if err != nil {
-		t.Fatalf("issue %s: %v", id, err)
-	}
-	return e.deviceFromPEM(t, "", id, chain, keyPEM)
+	return e.IssueTTL(t, id, time.Hour)
 }
 
 func (e *Env) deviceFromPEM(t testing.TB, name, id string, chainPEM, keyPEM []byte) *Device {
@@ -365,15 +367,7 @@ func (e *Env) writeDir(t testing.TB, chainPEM, keyPEM []byte) string {
 // TLSConfig is the client side of mTLS for d: the gateway is verified
 // against the CA bundle, d's certificate (if any) is presented.
 func (d *Device) TLSConfig() *tls.Config {
-	cfg := &tls.Config{
-		RootCAs:    d.env.roots,
-		ServerName: "127.0.0.1",
-		MinVersion: tls.VersionTLS12,
-	}
-	if len(d.Cert.Certificate) > 0 {
-		cfg.Certificates = []tls.Certificate{d.Cert}
-	}
-	return cfg
+	return testclient.TLSConfig(d.env.roots, &d.Cert)
 }
 
 // CertWith returns a certificate signed by the gateway's real CA. It starts

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/decisionlog"
@@ -195,31 +194,4 @@ func (e *Env) IssueTTL(t testing.TB, id string, ttl time.Duration) *Device {
 		t.Fatalf("issue %s: %v", id, err)
 	}
 	return e.deviceFromPEM(t, "", id, chain, keyPEM)
-}
-
-// WaitDisconnect fails the test unless the connection ends within d and
-// the server said why with a DISCONNECT, which it returns. paho closes the
-// connection before it hands the server's DISCONNECT to its callback, so
-// the DISCONNECT may be recorded a moment after the connection is seen
-// closed; WaitDisconnect waits (up to Wait) for it.
-func (c *Client) WaitDisconnect(t testing.TB, d time.Duration) *paho.Disconnect {
-	t.Helper()
-	select {
-	case <-c.Done():
-	case <-time.After(d):
-		t.Fatalf("connection still open after %s", d)
-	}
-	deadline := time.Now().Add(Wait)
-	for {
-		c.mu.Lock()
-		disc := c.serverDisc
-		c.mu.Unlock()
-		if disc != nil {
-			return disc
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("connection closed without a server DISCONNECT (waited %s for one)", Wait)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
