@@ -61,3 +61,6 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// mochi v2.7.9 with the session takeover fix: see third_party/mochi-mqtt-server/README.md.
+replace github.com/mochi-mqtt/server/v2 => ./third_party/mochi-mqtt-server

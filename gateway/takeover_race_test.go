@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -132,4 +133,137 @@ func TestQoS1RacingSessionTakeoverDelivered(t *testing.T) {
 	if got[cmds+"racing"] == 0 {
 		t.Fatalf("the QoS 1 message published during the takeover was lost: received %v", got)
 	}
+}
+
+// takeoverStress is the stress: QoS 1 messages published while the
+// persistent subscriber keeps reconnecting with Clean Start 0, each new
+// connection taking the session over from the live previous one.
+const (
+	stressMessages   = 400
+	stressReconnects = 8
+)
+
+// Every QoS 1 message published to a persistent session while new
+// connections keep taking it over arrives, on one connection or another
+// (at QoS 1, more than once is allowed; never not at all). A delivery
+// racing a takeover reaches the old client until the broker routes the
+// client ID to the new one: it must move with the session, not stay
+// behind on the connection being replaced.
+func TestQoS1StressTakeoversLoseNothing(t *testing.T) {
+	pol, err := defaultEngine()
+	if err != nil {
+		t.Fatalf("default policy: %v", err)
+	}
+	e := newEnv(t, pol)
+	deviceCfg := e.enroll("sensor-1", nil)
+	ctl := e.mustConnect(e.enroll("ctl", controllerLabels), "ctl")
+	const cmds = "devices/sensor-1/commands/"
+	persistent := func(clean bool) (*client, *paho.Connack, error) {
+		return e.connect(deviceCfg, &paho.Connect{ClientID: "dev", CleanStart: clean,
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(300)}})
+	}
+
+	dev, _, err := persistent(true)
+	if err != nil {
+		t.Fatalf("device connect: %v", err)
+	}
+	if got := dev.subscribe(t, sub(cmds+"#", 1)); got[0] != 1 {
+		t.Fatalf("device SUBACK = %#x, want 1", got[0])
+	}
+	conns := []*client{dev}
+
+	// The publisher acknowledges each message before the next, so every
+	// one of them is a message the broker took responsibility for.
+	var published atomic.Int32
+	pubErr := make(chan error, 1)
+	go func() {
+		defer close(pubErr)
+		for i := range stressMessages {
+			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+			pr, err := ctl.Client.Client.Publish(ctx, &paho.Publish{Topic: cmds + "stress", QoS: 1,
+				Payload: []byte(stressPayload(i))})
+			cancel()
+			switch {
+			case err != nil:
+				pubErr <- fmt.Errorf("publish %d: %w", i, err)
+				return
+			case pr.ReasonCode != 0:
+				pubErr <- fmt.Errorf("publish %d: PUBACK reason %#x", i, pr.ReasonCode)
+				return
+			}
+			published.Add(1)
+		}
+	}()
+
+	// Each takeover starts once a further share of the messages has been
+	// acknowledged, so all of them happen while messages are flowing.
+	for r := 1; r <= stressReconnects; r++ {
+		threshold := int32(r * stressMessages / (stressReconnects + 1))
+		deadline := time.Now().Add(waitFor)
+		for published.Load() < threshold && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		next, ack, err := persistent(false)
+		if err != nil {
+			t.Fatalf("takeover %d: %v", r, err)
+		}
+		if !ack.SessionPresent {
+			t.Fatalf("takeover %d: session not present", r)
+		}
+		conns = append(conns, next)
+	}
+	if err := <-pubErr; err != nil {
+		t.Fatal(err)
+	}
+	// Every takeover really replaced a live connection: the broker ended
+	// it, saying why when its DISCONNECT got out before the close (mochi
+	// may close with the DISCONNECT still in its write buffer).
+	for i, c := range conns[:len(conns)-1] {
+		if d := c.WaitClosed(t, waitFor); d != nil && d.ReasonCode != 0x8e {
+			t.Fatalf("connection %d: DISCONNECT %#x, want 0x8e (session taken over)", i, d.ReasonCode)
+		}
+	}
+
+	// Positive control, and the end of the stream: a message published
+	// after the last takeover reaches the last connection.
+	if code := ctl.publish(t, &paho.Publish{Topic: cmds + "live", QoS: 1, Payload: []byte("live")}); code != 0 {
+		t.Fatalf("live publish: reason %#x", code)
+	}
+	conns[len(conns)-1].Msgs.Expect(t, cmds+"live", waitFor)
+
+	// A message still in flight when the live one arrived is resent to
+	// the last connection as soon as it is known there; give it until
+	// every message has come or waitFor has passed.
+	var missing []int
+	deadline := time.Now().Add(waitFor)
+	for {
+		missing = missingStress(conns)
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(missing) > 0 {
+		t.Fatalf("%d of %d QoS 1 messages lost across %d takeovers: %v",
+			len(missing), stressMessages, stressReconnects, missing)
+	}
+}
+
+func stressPayload(i int) string { return fmt.Sprintf("m%03d", i) }
+
+// missingStress lists the stress messages none of conns has received.
+func missingStress(conns []*client) []int {
+	got := map[string]bool{}
+	for _, c := range conns {
+		for _, m := range c.Msgs.All() {
+			got[string(m.Payload)] = true
+		}
+	}
+	var missing []int
+	for i := range stressMessages {
+		if !got[stressPayload(i)] {
+			missing = append(missing, i)
+		}
+	}
+	return missing
 }
