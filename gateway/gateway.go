@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/brokerstore"
 	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
@@ -66,11 +67,22 @@ type Config struct {
 	// before anything of the client is known at the MQTT level. 0 means
 	// DefaultMaxConnectPacketSize, or MaxPacketSize when that is smaller.
 	MaxConnectPacketSize int
+	// Limits are the guardrails beyond the packet sizes (limits.go); the
+	// zero value leaves the per-identity and per-address ones off.
+	Limits Limits
+	// LimitsPolicy gives identities their own limits at CONNECT (the
+	// policy's limits rule); nil: the configured limits apply to all.
+	LimitsPolicy LimitsSource
 	// KeepRetainedOnRevoke keeps the retained messages of a device that is
 	// revoked or deleted. By default (false) they are cleared, so that
 	// nothing the device said is handed to new subscribers after it lost
 	// its identity. A suspension never clears them.
 	KeepRetainedOnRevoke bool
+	// Store keeps the broker state (sessions, retained messages, delayed
+	// wills) across restarts; nil keeps it in memory only. Start restores
+	// it, deciding again what comes back (restore.go). The caller closes
+	// it after Close.
+	Store *brokerstore.Store
 }
 
 // Gateway is the MQTT broker of ztgate.
@@ -103,6 +115,8 @@ type Gateway struct {
 	inputs sync.Pool
 
 	wills delayedWills
+	// store is Config.Store; nil-safe to call.
+	store *brokerstore.Store
 
 	// reeval runs the re-evaluations Reevaluate asks for; watch is the
 	// state of the registry watcher.
@@ -120,6 +134,8 @@ type Gateway struct {
 	// preConnectConn); mochi enforces maxPacket itself.
 	maxConnect int
 	maxPacket  uint32
+	// limits is the state of the guardrails (limits.go).
+	limits limitState
 
 	mu         sync.Mutex
 	started    bool
@@ -147,6 +163,10 @@ func New(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	limits, err := cfg.Limits.resolve()
+	if err != nil {
+		return nil, err
+	}
 	g := &Gateway{
 		tls:      cfg.TLS.Clone(),
 		addr:     cfg.Addr,
@@ -156,10 +176,12 @@ func New(cfg Config) (*Gateway, error) {
 		log:      cfg.Logger,
 		now:      cfg.Now,
 		metrics:  cfg.Metrics,
+		store:    cfg.Store,
 
-		connectTimeout: connectTimeout,
+		connectTimeout: limits.HandshakeTimeout,
 		maxConnect:     maxConnect,
 		maxPacket:      uint32(maxPacket),
+		limits:         limitState{cfg: limits, source: cfg.LimitsPolicy, conns: newIPLimiter(limits.ConnRatePerIP, limits.ConnBurstPerIP)},
 	}
 	if g.log == nil {
 		g.log = slog.Default()
@@ -177,9 +199,13 @@ func New(cfg Config) (*Gateway, error) {
 	// The policy contract knows MQTT 3.1.1 (4) and 5 only; mochi would also
 	// take 3.1 (MQIsdp) by default.
 	caps.MinimumProtocolVersion = 4
-	// mochi checks this on every fixed header, before it allocates the
-	// packet's buffer; unset, it allocates whatever a header declares.
-	caps.MaximumPacketSize = uint32(maxPacket)
+	// The gateway's reader (packetConn) bounds every packet, with the
+	// maximum of the identity that sent it, before mochi reads its header:
+	// mochi's own bound is one for all, and it closes without telling.
+	caps.MaximumPacketSize = 0
+	// mochi allocates the outbound queue whole with every client.
+	caps.MaximumClientWritesPending = int32(limits.MaxOutboundQueue)
+	caps.MaximumInflight = uint16(limits.MaxInflight)
 	// mochi logs whole packets (payloads, passwords) when it refuses one;
 	// its log keeps only what they are.
 	mochiLog := slog.New(newRedactHandler(g.log.Handler())).With("component", "mqtt")
@@ -196,6 +222,14 @@ func New(cfg Config) (*Gateway, error) {
 		g.cancel()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	// After the gateway's hook: see brokerstore.Store.Hook.
+	if g.store != nil {
+		if err := g.server.AddHook(g.store.Hook(), nil); err != nil {
+			g.cancel()
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
+	g.metrics.SetBrokerStats(g.brokerStats) // brokerstats.go
 	return g, nil
 }
 
@@ -210,13 +244,18 @@ func (g *Gateway) Start() error {
 	case g.started:
 		return errors.New("gateway: already started")
 	}
+	if err := g.restore(); err != nil {
+		return err
+	}
 	tcp, err := net.Listen("tcp", g.addr)
 	if err != nil {
 		return fmt.Errorf("gateway: listen: %w", err)
 	}
 	l := newListener(listenerID, tcp, g.tls, g.connectTimeout, g.metrics.ConnectionRefused)
 	l.maxConnect = g.maxConnect
+	l.maxPacket = int(g.maxPacket)
 	l.disconnectClients = g.disconnectClients
+	g.startLimits(l)
 	if err := g.server.AddListener(l); err != nil {
 		_ = tcp.Close()
 		return fmt.Errorf("gateway: %w", err)

@@ -129,6 +129,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		s.will, s.hasWill = cl.Properties.Will, true
 	}
 
+	if err := g.admitLimits(s); err != nil {
+		return err
+	}
+	defer g.settleLimits(s)
 	if !g.decideConnect(s) {
 		return refuse("denied by policy", "spiffe_id", spiffeID)
 	}
@@ -296,10 +300,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	s.subEpoch = g.reeval.epoch.Load()
 	s.subSubject = s.subject.Load()
 	ending := s.life.load().conn() >= connClosing
-	ds := make([]filterDecision, len(pk.Filters))
-	for i, sub := range pk.Filters {
-		ds[i] = filterDecision{filter: sub.Filter, allow: !ending && g.allowSubscribe(s, sub.Filter, sub.Qos)}
-	}
+	ds := g.decideFilters(s, cl, pk.Filters, ending)
 	s.pending.Store(&ds)
 	return pk
 }
@@ -318,6 +319,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	if s == nil {
 		return
 	}
+	quotaCodes(s, codes)
 	s.pending.Store(nil)
 	if g.reeval.epoch.Load() == s.subEpoch && s.subject.Load() == s.subSubject {
 		return

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -30,10 +31,17 @@ type listener struct {
 	tcp     net.Listener
 	tls     *tls.Config
 	timeout time.Duration
-	// maxConnect bounds the first packet; 0 leaves it to mochi's maximum
-	// packet size.
+	// maxConnect bounds the first packet, maxPacket every later one until
+	// the CONNECT is admitted (see packetConn).
 	maxConnect int
+	maxPacket  int
 	refused    func() // counts a connection refused in the handshake or before CONNECT
+	// connRate bounds the new connections of a source address (nil: no
+	// bound); rateHit and timeoutHit count and log its refusals and the
+	// connections that ran out of time before CONNECT (limits_rate.go).
+	connRate   *ipLimiter
+	rateHit    func(net.Addr)
+	timeoutHit func(net.Addr)
 	// disconnectClients, if set, is used at Close instead of mochi's
 	// closer (see Gateway.disconnectClients).
 	disconnectClients func()
@@ -80,6 +88,15 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 0
+		if !l.connRate.allow(c.RemoteAddr(), time.Now()) {
+			// Before any TLS work: a flood costs an accept and a close.
+			l.refused()
+			if l.rateHit != nil {
+				l.rateHit(c.RemoteAddr())
+			}
+			_ = c.Close()
+			continue
+		}
 		if !l.track(c) {
 			_ = c.Close()
 			return
@@ -101,16 +118,20 @@ func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
 	}
 	tc := tls.Server(c, l.tls)
 	if err := tc.HandshakeContext(context.Background()); err != nil {
-		l.log.Info("gateway: TLS handshake refused", "remote_addr", c.RemoteAddr().String(), "err", err)
 		l.refused()
+		if isTimeout(err) && l.timeoutHit != nil {
+			// Logged once a minute per address: a half-open flood must
+			// not become a log flood.
+			l.timeoutHit(c.RemoteAddr())
+			_ = tc.Close()
+			return
+		}
+		l.log.Info("gateway: TLS handshake refused", "remote_addr", c.RemoteAddr().String(), "err", err)
 		_ = tc.Close()
 		return
 	}
-	var mc net.Conn = tc
-	if l.maxConnect > 0 {
-		mc = newPreConnectConn(tc, l.maxConnect)
-	}
-	err := establish(l.id, mc)
+	pc := newPacketConn(tc, l.maxConnect, l.maxPacket)
+	err := establish(l.id, pc)
 	switch {
 	case err == nil, errors.Is(err, errConnectRefused):
 	case errors.Is(err, errPreConnect):
@@ -118,9 +139,19 @@ func (l *listener) serveConn(c net.Conn, establish listeners.EstablishFn) {
 		l.log.Info("gateway: connection refused before CONNECT", "remote_addr", c.RemoteAddr().String(),
 			"spiffe_id", peerURI(tc), "err", err)
 		l.refused()
+	case pc.first && isTimeout(err) && l.timeoutHit != nil:
+		// No CONNECT within the deadline.
+		l.refused()
+		l.timeoutHit(c.RemoteAddr())
 	default:
 		l.log.Debug("gateway: connection ended", "remote_addr", c.RemoteAddr().String(), "err", err)
 	}
+}
+
+// isTimeout reports whether err is a deadline running out.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // peerURI is the URI SAN of the peer's verified leaf certificate (its

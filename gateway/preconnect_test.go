@@ -43,7 +43,7 @@ func byteChunks(b []byte) [][]byte {
 	return out
 }
 
-func TestPreConnectConnFirstHeader(t *testing.T) {
+func TestPacketConnFirstHeader(t *testing.T) {
 	const limit = 1000
 	body := bytes.Repeat([]byte{'b'}, 10)
 	cases := []struct {
@@ -72,7 +72,7 @@ func TestPreConnectConnFirstHeader(t *testing.T) {
 					chunks = byteChunks(bytes.Clone(tc.stream))
 				}
 				under := &chunkConn{chunks: chunks}
-				c := &preConnectConn{Conn: under, limit: limit}
+				c := newPacketConn(under, limit, 1<<20)
 				got, err := io.ReadAll(c)
 				if tc.ok {
 					if err != nil || !bytes.Equal(got, tc.stream) || under.closed {
@@ -96,32 +96,48 @@ func TestPreConnectConnFirstHeader(t *testing.T) {
 	}
 }
 
-// Past the first header the wrapper is the connection's own Read: it
-// allocates nothing.
-func TestPreConnectConnReadAllocatesNothingAfterHeader(t *testing.T) {
+// Past the CONNECT, reading follows every packet and allocates nothing.
+func TestPacketConnReadAllocatesNothingAfterConnect(t *testing.T) {
 	under := &loopConn{}
-	c := &preConnectConn{Conn: under, limit: 1000}
+	c := newPacketConn(under, 1000, 1<<20)
 	buf := make([]byte, 512)
-	if _, err := c.Read(buf); err != nil || !c.done {
-		t.Fatalf("first read: %v, done %v", err, c.done)
+	for i := 0; i < 20 && c.first; i++ {
+		if _, err := c.Read(buf); err != nil {
+			t.Fatalf("read: %v", err)
+		}
+	}
+	if c.first {
+		t.Fatal("the CONNECT never ended")
 	}
 	if allocs := testing.AllocsPerRun(1000, func() { _, _ = c.Read(buf) }); allocs != 0 {
 		t.Fatalf("%v allocations per Read, want 0", allocs)
 	}
 }
 
-// loopConn returns a small CONNECT header, then filler, forever.
-type loopConn struct{ net.Conn }
-
-func (*loopConn) Read(p []byte) (int, error) {
-	p[0], p[1] = 0x10, 10
-	return 2, nil
+// loopConn returns small packets (a CONNECT type byte and a length of 0),
+// forever.
+type loopConn struct {
+	net.Conn
+	odd bool // the next byte is a length
 }
 
-func BenchmarkPreConnectConnRead(b *testing.B) {
-	c := &preConnectConn{Conn: &loopConn{}, limit: 1000}
+func (c *loopConn) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 0x10
+		if c.odd {
+			p[i] = 0
+		}
+		c.odd = !c.odd
+	}
+	return len(p), nil
+}
+
+func BenchmarkPacketConnRead(b *testing.B) {
+	c := newPacketConn(&loopConn{}, 1000, 1<<20)
 	buf := make([]byte, 2048)
-	_, _ = c.Read(buf)
+	for c.first {
+		_, _ = c.Read(buf)
+	}
 	b.ReportAllocs()
 	for b.Loop() {
 		_, _ = c.Read(buf)

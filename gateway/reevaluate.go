@@ -139,6 +139,7 @@ func (g *Gateway) unsubscribe(cl *mqtt.Client, filter string) {
 	if g.server.Topics.Unsubscribe(filter, cl.ID) {
 		atomic.AddInt64(&g.server.Info.Subscriptions, -1)
 	}
+	g.store.DeleteSubscription(cl.ID, filter)
 }
 
 // pruneInflight drops the outgoing messages held in cl's state that s may
@@ -159,6 +160,7 @@ func (g *Gateway) pruneInflight(s *session, cl *mqtt.Client) (dropped int) {
 			continue
 		}
 		if cl.State.Inflight.Delete(m.PacketID) {
+			g.store.DropInflight(cl, m.PacketID)
 			atomic.AddInt64(&g.server.Info.Inflight, -1)
 			if m.Expiry >= 0 {
 				// It took one unit of the client's receive quota when it

@@ -92,6 +92,9 @@ func (g *Gateway) clearRetained(topic, spiffeID string) bool {
 	})
 	// What mochi's own retain path keeps up to date ($SYS, metrics).
 	atomic.StoreInt64(&g.server.Info.Retained, int64(t.Retained.Len()))
+	if err := g.store.DeleteRetained(topic); err != nil {
+		g.log.Error("gateway: stored retained message not deleted", "topic", topic, "err", err)
+	}
 	return r < 0
 }
 

@@ -67,6 +67,8 @@ type session struct {
 	expiry   *time.Timer
 	// denials aggregates the log lines of the session's denials.
 	denials denyLog
+	// lim are the session's limits, set at CONNECT (limits.go).
+	lim sessionLimits
 }
 
 // recordChanged reports whether the registry record s was last checked
@@ -280,6 +282,11 @@ func (g *Gateway) forget(s *session) {
 	cl.ClearInflights()
 	if cur, ok := g.server.Clients.Get(cl.ID); ok && cur == cl {
 		g.server.Clients.Delete(cl.ID)
+	}
+	// Stored, it would come back at the next start, also for a device
+	// deleted and enrolled again (a new one).
+	if err := g.store.DeleteSession(cl.ID); err != nil {
+		g.log.Error("gateway: stored session not deleted", "client_id", cl.ID, "err", err)
 	}
 	g.sessions.Delete(cl)
 	g.flushDenials(s, true)

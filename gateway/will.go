@@ -60,6 +60,7 @@ func (w *delayedWills) schedule(key string, s *session, will mqtt.Will, delay ui
 	// The lock is held until pw is in the map, so fire always finds it.
 	pw.timer = time.AfterFunc(time.Duration(delay)*time.Second, func() { w.fire(key, pw) })
 	w.pending[key] = pw
+	w.g.store.PutWill(storedWill(key, will, delay))
 }
 
 // cancel drops the will pending under key, if any.
@@ -69,6 +70,7 @@ func (w *delayedWills) cancel(key string) {
 	if pw := w.pending[key]; pw != nil {
 		pw.timer.Stop()
 		delete(w.pending, key)
+		w.g.store.DeleteWill(key)
 	}
 }
 
@@ -81,7 +83,8 @@ func (w *delayedWills) fireNow(key string) {
 	}
 }
 
-// stopAll drops every pending will and waits for wills being sent.
+// stopAll drops every pending will and waits for wills being sent. The
+// stored ones stay, for the next start (restore.go).
 func (w *delayedWills) stopAll() {
 	w.mu.Lock()
 	w.stopped = true
@@ -100,6 +103,7 @@ func (w *delayedWills) fire(key string, pw *pendingWill) {
 		return
 	}
 	delete(w.pending, key)
+	w.g.store.DeleteWill(key)
 	w.running.Add(1)
 	w.mu.Unlock()
 	defer w.running.Done()

@@ -91,12 +91,14 @@ type Metrics struct {
 	durations [len(actions)]prometheus.Observer
 	accepted  prometheus.Counter
 	refused   prometheus.Counter
+	limits    limitHits // limits.go
 
 	mu       sync.Mutex
 	revision string              // the revision whose info series is 1
 	statuses map[string]struct{} // registry statuses ever set
 
 	logStats   atomic.Pointer[func() DecisionLogStats]
+	broker     *brokerCollector // broker.go
 	cacheStats atomic.Pointer[func() policy.CacheStats]
 }
 
@@ -160,6 +162,8 @@ func New(reg prometheus.Registerer) *Metrics {
 		cacheBytes: prometheus.NewDesc(prometheus.BuildFQName(namespace, "decision_cache", "bytes"),
 			"Memory the decisions kept in the decision cache are accounted for (bounded by decision_cache_max_bytes).", nil, nil),
 		statuses: map[string]struct{}{},
+		broker:   newBrokerCollector(),
+		limits:   newLimitHits(),
 	}
 	if reg != nil {
 		if err := reg.Register(m); err != nil {
@@ -186,6 +190,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.decisionsVec, m.durationVec, m.sessions, m.connectionVec, m.activations,
 		m.activationErr, m.revisionInfo, m.registryVec, m.revocations, m.disconnects,
+		m.limits.vec,
 	}
 }
 
@@ -198,10 +203,12 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.cacheLookups
 	ch <- m.cacheEntries
 	ch <- m.cacheBytes
+	m.broker.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	m.broker.Collect(ch)
 	for _, c := range m.collectors() {
 		c.Collect(ch)
 	}

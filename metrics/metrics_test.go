@@ -22,6 +22,15 @@ import (
 )
 
 var wantNames = []string{
+	"ztgate_broker_messages_dropped_total",
+	"ztgate_broker_messages_received_total",
+	"ztgate_broker_messages_sent_total",
+	"ztgate_broker_queued_messages",
+	"ztgate_broker_received_bytes_total",
+	"ztgate_broker_retained_messages",
+	"ztgate_broker_sent_bytes_total",
+	"ztgate_broker_stored_sessions",
+	"ztgate_broker_subscriptions",
 	"ztgate_connections_total",
 	"ztgate_decision_cache_bytes",
 	"ztgate_decision_cache_entries",
@@ -30,6 +39,7 @@ var wantNames = []string{
 	"ztgate_decision_log_entries_total",
 	"ztgate_decisions_total",
 	"ztgate_disconnects_total",
+	"ztgate_limit_hits_total",
 	"ztgate_policy_activation_failures_total",
 	"ztgate_policy_activations_total",
 	"ztgate_policy_revision_info",
@@ -49,8 +59,10 @@ func exercise(m *Metrics) {
 	m.SetRegistryCounts(map[string]int{"active": 3, "revoked": 1})
 	m.Revoked()
 	m.Disconnected("revoked")
+	m.LimitHit("sessions")
 	m.SetDecisionLogStats(func() DecisionLogStats { return DecisionLogStats{Written: 5} })
 	m.SetDecisionCacheStats(func() policy.CacheStats { return policy.CacheStats{Hits: 2, Entries: 1} })
+	m.SetBrokerStats(func() BrokerStats { return BrokerStats{MessagesReceived: 1} })
 }
 
 // Every family is registered, named ztgate_*, and passes the Prometheus

@@ -90,6 +90,8 @@ type revision struct {
 	allow   rego.PreparedEvalQuery
 	reasons rego.PreparedEvalQuery
 	plan    *cachePlan // what a decision cache may reuse; shared by revisions of one id
+
+	limits rego.PreparedEvalQuery // the optional limits rule (limits.go)
 }
 
 var _ Decider = (*Engine)(nil)
@@ -241,6 +243,10 @@ func (e *Engine) compile(ctx context.Context, srcs []source) (*revision, error) 
 	if err != nil {
 		return nil, fmt.Errorf("policy: compile: %w", err)
 	}
+	limits, err := prepareLimits(ctx, common, compiler)
+	if err != nil {
+		return nil, err
+	}
 	id := revisionID(policy)
 	return &revision{
 		id:      id,
@@ -248,6 +254,7 @@ func (e *Engine) compile(ctx context.Context, srcs []source) (*revision, error) 
 		srcs:    srcs,
 		allow:   allow,
 		reasons: reasons,
+		limits:  limits,
 		plan:    newCachePlan(id, analyzeInputRefs(compiler, customBuiltinNames())),
 	}, nil
 }

@@ -52,13 +52,15 @@ type gatewayProc struct {
 	err  error // of Wait, once done is closed
 }
 
-// startGatewayProc starts `ztgate dev` on dataDir and the given addresses.
-// The process is killed when the test ends if it still runs.
-func startGatewayProc(t *testing.T, bin, dataDir, mqttAddr, apiAddr string) *gatewayProc {
+// startGatewayProc starts `ztgate dev` on dataDir and the given addresses,
+// with extra flags if any. The process is killed when the test ends if it
+// still runs.
+func startGatewayProc(t *testing.T, bin, dataDir, mqttAddr, apiAddr string, extra ...string) *gatewayProc {
 	t.Helper()
 	p := &gatewayProc{out: &testpki.LogBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "dev", "--data-dir", dataDir, "--mqtt-addr", mqttAddr, "--api-addr", apiAddr,
-		"--decision-log-enabled=false")
+	args := append([]string{"dev", "--data-dir", dataDir, "--mqtt-addr", mqttAddr, "--api-addr", apiAddr,
+		"--decision-log-enabled=false"}, extra...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start ztgate: %v", err)

@@ -92,8 +92,24 @@ Each run stops at --duration-limit; Ctrl-C stops the bench.`,
 	f.IntVar(&cfg.Payload, "payload", cfg.Payload, "payload size in bytes (at least 20)")
 	f.IntVar(&cfg.Rate, "rate", cfg.Rate, "messages/s for all publishers together; 0: as fast as the gateway delivers")
 	f.StringVar(&policy, "policy", policy, "policy enforced: default, allow-all, or both (allow-all first, then default, compared)")
+	f.Var((*storageFlag)(&cfg.Storage), "storage", "the gateway's durable broker state: on, fsync or off")
+	f.BoolVar(&cfg.Persistent, "persistent", false, "subscribers keep persistent sessions, so that storage writes every delivery to them")
 	f.DurationVar(&cfg.DurationLimit, "duration-limit", cfg.DurationLimit, "bound on publishing and delivery in each run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.StringVar(&logLevel, "log-level", logLevel, "level of the gateway's log on standard error: debug, info, warn or error")
 	return cmd
+}
+
+// storageFlag is --storage, checked as it is parsed.
+type storageFlag bench.StorageMode
+
+func (f *storageFlag) String() string { return string(*f) }
+func (f *storageFlag) Type() string   { return "on|fsync|off" }
+func (f *storageFlag) Set(s string) error {
+	m, err := bench.ParseStorageMode(s)
+	if err != nil {
+		return err
+	}
+	*f = storageFlag(m)
+	return nil
 }

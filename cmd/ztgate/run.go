@@ -24,7 +24,8 @@ func (c *cli) newDevCmd() *cobra.Command {
 		Use:   "dev",
 		Short: "Run a local gateway, creating the CA, the registry and an admin identity on first run",
 		Long: `Run a gateway for local use. The first run creates, under --data-dir, the built-in
-CA (ca/), the device registry (registry.db), an admin identity
+CA (ca/), the device registry (registry.db), the broker state (broker.db:
+persistent sessions, retained messages, delayed wills), an admin identity
 (admin/svid.pem, svid.key, bundle.pem) that the device commands use, and the
 policy directory policies/ with a copy of the default policy and its tests;
 later runs reuse them, edits included. The policy directory is watched: a
@@ -56,6 +57,8 @@ interrupted (Ctrl-C or SIGTERM).`,
 	f.BoolVar(&dlEnabled, "decision-log-enabled", dlEnabled, "write the decision log")
 	f.StringVar(&cfg.DecisionLog.Path, "decision-log", "", `decision log file, "-" for standard output (default DATA-DIR/decisions.log)`)
 	f.Float64Var(&cfg.DecisionLog.SampleAllow, "decision-log-sample-allow", cfg.DecisionLog.SampleAllow, "fraction of allows logged, 0 to 1 (denies are always logged)")
+	f.BoolVar(&cfg.Storage.Enabled, "storage", cfg.Storage.Enabled, "keep persistent sessions, retained messages and delayed wills in DATA-DIR/broker.db across restarts")
+	f.BoolVar(&cfg.Storage.Fsync, "storage-fsync", cfg.Storage.Fsync, "fsync the broker state before acknowledging, so that a power loss loses nothing acknowledged")
 	return cmd
 }
 
@@ -86,6 +89,9 @@ func (c *cli) newServeCmd() *cobra.Command {
   limits:
     max_packet_size: 1048576        # bytes; a larger packet ends the connection
     max_connect_packet_size: 65536  # bytes; bound on the first packet, the CONNECT
+  storage:
+    enabled: true           # keep sessions, retained messages, delayed wills in DATA_DIR/broker.db
+    fsync: false            # true: fsync before acknowledging (survives power loss)
 
 An unknown key is an error. Serves until interrupted (SIGINT or SIGTERM).`,
 		Args: cobra.NoArgs,

@@ -29,6 +29,7 @@ import (
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/gateway"
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/brokerstore"
 	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/internal/decisionchain"
 	"github.com/ztgate/ztgate/metrics"
@@ -71,6 +72,7 @@ type App struct {
 	dlog     *decisionlog.Logger
 	m        *metrics.Metrics
 	gw       *gateway.Gateway
+	store    *brokerstore.Store // nil when storage is off
 	api      *api.Server
 	prom     *prometheus.Registry
 
@@ -177,6 +179,19 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		return nil, fmt.Errorf("app: start: %w", err)
 	}
 
+	if cfg.Storage.Enabled {
+		// A file of its own, not a bucket in registry.db: see
+		// internal/brokerstore.
+		a.store, err = brokerstore.Open(brokerstore.Options{
+			Path:   filepath.Join(cfg.DataDir, brokerstore.FileName),
+			Fsync:  cfg.Storage.Fsync,
+			Logger: a.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("app: %w", err)
+		}
+	}
+
 	certs, err := identity.NewServingCertSource(a.ca, spiffeid.RequireFromPath(a.td, ServerIDPath), cfg.ServerNames, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -192,8 +207,11 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		Metrics:  a.m,
 
 		KeepRetainedOnRevoke: !cfg.ClearRetainedOnRevoke,
+		Store:                a.store,
 		MaxPacketSize:        cfg.Limits.MaxPacketSize,
 		MaxConnectPacketSize: cfg.Limits.MaxConnectPacketSize,
+		Limits:               cfg.Limits.gatewayLimits(),
+		LimitsPolicy:         a.engine,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -543,6 +561,12 @@ func (a *App) Close() error {
 		if a.gw != nil {
 			if err := a.gw.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("app: close gateway: %w", err))
+			}
+		}
+		// After the gateway, whose last writes (disconnects) it takes.
+		if a.store != nil {
+			if err := a.store.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close broker store: %w", err))
 			}
 		}
 		if a.dlog != nil {

@@ -50,8 +50,8 @@ const (
 // Config is everything needed to run a ztgate. Its YAML form is the file of
 // `ztgate serve --config`; every flag of `ztgate dev` has a key here.
 type Config struct {
-	// DataDir holds the CA (ca/), the registry (registry.db) and the dev
-	// admin identity (admin/).
+	// DataDir holds the CA (ca/), the registry (registry.db), the broker
+	// state (broker.db, see Storage) and the dev admin identity (admin/).
 	DataDir string `yaml:"data_dir"`
 	// MQTTAddr is the mTLS MQTT listener (host:port; port 0 picks one).
 	MQTTAddr string `yaml:"mqtt_addr"`
@@ -95,6 +95,9 @@ type Config struct {
 	DecisionLog DecisionLogConfig `yaml:"decision_log"`
 	// Limits bounds what one client can make the gateway hold.
 	Limits LimitsConfig `yaml:"limits"`
+	// Storage keeps the broker's state (persistent sessions, retained
+	// messages, delayed wills) in DataDir/broker.db across restarts.
+	Storage StorageConfig `yaml:"storage"`
 
 	// Logger, when set, is used instead of one built from LogLevel and
 	// LogFormat. It cannot be set from a file.
@@ -139,13 +142,125 @@ func (d DecisionLogConfig) On() bool {
 type LimitsConfig struct {
 	// MaxPacketSize bounds every MQTT packet a client sends; a larger one
 	// ends the connection before it is read. MQTT 5 clients are told it
-	// in the CONNACK. Default gateway.DefaultMaxPacketSize (1 MiB).
+	// in the CONNACK. Default gateway.DefaultMaxPacketSize (256 KiB).
 	MaxPacketSize int `yaml:"max_packet_size"`
 	// MaxConnectPacketSize bounds the first packet of a connection, which
 	// must be a CONNECT and is read before the registry or the policy is
 	// asked; at most MaxPacketSize. Default
 	// gateway.DefaultMaxConnectPacketSize (64 KiB).
 	MaxConnectPacketSize int `yaml:"max_connect_packet_size"`
+
+	// The guardrails below are enforced before the policy is asked; the
+	// policy's optional limits rule can give an identity its own values
+	// at CONNECT (docs/policy.md). 0 turns a limit off unless said
+	// otherwise. Defaults: gateway.DefaultLimits.
+
+	// MaxSessionsPerIdentity bounds the sessions (connected or kept for
+	// a persistent client) one SPIFFE ID holds; one more CONNECT is
+	// refused (CONNACK 0x97, MQTT 3.1.1 0x05). A takeover of a session's
+	// client ID is not one more.
+	MaxSessionsPerIdentity int `yaml:"max_sessions_per_identity"`
+	// PublishRate and PublishBurst bound the PUBLISH packets of one
+	// identity, all its sessions together, per second and at once;
+	// PublishBytesRate and PublishBytesBurst their bytes. A PUBLISH over
+	// the rate is held back: the gateway stops reading the connection
+	// until the rate allows it (nothing is dropped or refused).
+	PublishRate       float64 `yaml:"publish_rate"`
+	PublishBurst      int     `yaml:"publish_burst"`
+	PublishBytesRate  int     `yaml:"publish_bytes_rate"`
+	PublishBytesBurst int     `yaml:"publish_bytes_burst"`
+	// MaxSubscriptionsPerSession bounds the filters of one session; a
+	// filter beyond it is refused (SUBACK 0x97, MQTT 3.1.1 0x80).
+	MaxSubscriptionsPerSession int `yaml:"max_subscriptions_per_session"`
+	// MaxOutboundQueue is the slots of a session's outbound queue, which
+	// is allocated whole with the session (8 bytes a slot); MaxInflight
+	// bounds the QoS 1 and 2 messages a session holds unacknowledged or
+	// queued while offline. Neither can be off.
+	MaxOutboundQueue int `yaml:"max_outbound_queue"`
+	MaxInflight      int `yaml:"max_inflight"`
+	// HandshakeTimeout bounds the TLS handshake plus the CONNECT of a new
+	// connection; it cannot be off.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// ConnRatePerIP and ConnBurstPerIP bound the new connections of one
+	// source address (an IPv6 /64), per second and at once; one over is
+	// closed before the TLS handshake.
+	ConnRatePerIP  float64 `yaml:"conn_rate_per_ip"`
+	ConnBurstPerIP int     `yaml:"conn_burst_per_ip"`
+}
+
+// gatewayLimits is the gateway's form of the guardrails.
+func (l LimitsConfig) gatewayLimits() gateway.Limits {
+	return gateway.Limits{
+		MaxSessionsPerIdentity:     l.MaxSessionsPerIdentity,
+		PublishRate:                l.PublishRate,
+		PublishBurst:               l.PublishBurst,
+		PublishBytesRate:           float64(l.PublishBytesRate),
+		PublishBytesBurst:          l.PublishBytesBurst,
+		MaxSubscriptionsPerSession: l.MaxSubscriptionsPerSession,
+		MaxOutboundQueue:           l.MaxOutboundQueue,
+		MaxInflight:                l.MaxInflight,
+		HandshakeTimeout:           l.HandshakeTimeout,
+		ConnRatePerIP:              l.ConnRatePerIP,
+		ConnBurstPerIP:             l.ConnBurstPerIP,
+	}
+}
+
+// validateGuardrails checks the keys beyond the packet sizes.
+func (l LimitsConfig) validateGuardrails() error {
+	counts := []struct {
+		key    string
+		v, min int
+		max    int
+	}{
+		{"max_sessions_per_identity", l.MaxSessionsPerIdentity, 0, math.MaxInt32},
+		{"publish_burst", l.PublishBurst, 1, math.MaxInt32},
+		{"publish_bytes_rate", l.PublishBytesRate, 0, math.MaxInt32},
+		{"publish_bytes_burst", l.PublishBytesBurst, l.MaxPacketSize, math.MaxInt32},
+		{"max_subscriptions_per_session", l.MaxSubscriptionsPerSession, 0, math.MaxInt32},
+		{"max_outbound_queue", l.MaxOutboundQueue, 16, 1 << 20},
+		{"max_inflight", l.MaxInflight, 16, math.MaxUint16},
+		{"conn_burst_per_ip", l.ConnBurstPerIP, 1, math.MaxInt32},
+	}
+	for _, c := range counts {
+		if c.v < c.min || c.v > c.max {
+			return fmt.Errorf("limits.%s must be between %d and %d, got %d", c.key, c.min, c.max, c.v)
+		}
+	}
+	rates := []struct {
+		key string
+		v   float64
+	}{{"publish_rate", l.PublishRate}, {"conn_rate_per_ip", l.ConnRatePerIP}}
+	for _, r := range rates {
+		if math.IsNaN(r.v) || math.IsInf(r.v, 0) || r.v < 0 {
+			return fmt.Errorf("limits.%s must be a non-negative number (0: off), got %v", r.key, r.v)
+		}
+	}
+	if l.HandshakeTimeout <= 0 || l.HandshakeTimeout > 5*time.Minute {
+		return fmt.Errorf("limits.handshake_timeout must be between 1ns and 5m, got %s", l.HandshakeTimeout)
+	}
+	return nil
+}
+
+// StorageConfig is the durable broker state (see internal/brokerstore).
+type StorageConfig struct {
+	// Enabled keeps persistent sessions (subscriptions, queued and
+	// in-flight messages), retained messages and pending delayed wills in
+	// DataDir/broker.db, so that a restart or a crash loses nothing
+	// acknowledged. Off, they live in memory only. Default true.
+	Enabled bool `yaml:"enabled"`
+	// Fsync makes every write reach the disk before the gateway
+	// acknowledges what it stores (writes queued together share one
+	// fsync), so that a power loss loses nothing acknowledged either.
+	// Off (the default), what was acknowledged survives the process being
+	// killed, not the machine losing power.
+	Fsync bool `yaml:"fsync"`
+}
+
+func (s StorageConfig) validate() error {
+	if s.Fsync && !s.Enabled {
+		return errors.New("storage.fsync: true needs storage.enabled: true")
+	}
+	return nil
 }
 
 // minPacketLimit is the smallest value of a packet size limit. Anything
@@ -162,7 +277,7 @@ func (l LimitsConfig) validate() error {
 		return fmt.Errorf("limits.max_connect_packet_size must be between %d and limits.max_packet_size (%d) bytes, got %d",
 			minPacketLimit, l.MaxPacketSize, l.MaxConnectPacketSize)
 	}
-	return nil
+	return l.validateGuardrails()
 }
 
 // aggregateInterval is AggregateInterval as decisionlog.Config takes it:
@@ -192,9 +307,22 @@ func DefaultConfig() Config {
 			MaxBackups:        DefaultDecisionLogMaxBackups,
 			AggregateInterval: decisionlog.DefaultAggregateInterval,
 		},
+		Storage: StorageConfig{Enabled: true},
 		Limits: LimitsConfig{
 			MaxPacketSize:        gateway.DefaultMaxPacketSize,
 			MaxConnectPacketSize: gateway.DefaultMaxConnectPacketSize,
+
+			MaxSessionsPerIdentity:     gateway.DefaultMaxSessionsPerIdentity,
+			PublishRate:                gateway.DefaultPublishRate,
+			PublishBurst:               gateway.DefaultPublishBurst,
+			PublishBytesRate:           gateway.DefaultPublishBytesRate,
+			PublishBytesBurst:          gateway.DefaultPublishBytesBurst,
+			MaxSubscriptionsPerSession: gateway.DefaultMaxSubscriptionsPerSession,
+			MaxOutboundQueue:           gateway.DefaultMaxOutboundQueue,
+			MaxInflight:                gateway.DefaultMaxInflight,
+			HandshakeTimeout:           gateway.DefaultHandshakeTimeout,
+			ConnRatePerIP:              gateway.DefaultConnRatePerIP,
+			ConnBurstPerIP:             gateway.DefaultConnBurstPerIP,
 		},
 		// Empty, not nil: what `policy_allow_builtins: []` reads as.
 		PolicyAllowBuiltins:   []string{},
@@ -365,6 +493,9 @@ func (c Config) validate() error {
 		return fmt.Errorf("decision_log.aggregate_interval must not be negative, got %s", dl.AggregateInterval)
 	}
 	if err := c.Limits.validate(); err != nil {
+		return err
+	}
+	if err := c.Storage.validate(); err != nil {
 		return err
 	}
 	return nil

@@ -23,13 +23,19 @@ func TestLimitsConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Limits != (LimitsConfig{MaxPacketSize: 4096, MaxConnectPacketSize: 2048}) {
+	want := DefaultConfig().Limits
+	want.MaxPacketSize, want.MaxConnectPacketSize = 4096, 2048
+	if got.Limits != want {
 		t.Fatalf("limits %+v", got.Limits)
 	}
 	// A key left out keeps its default, which must still fit the other.
 	got, err = LoadConfig(writeConfig(t, "limits:\n  max_packet_size: 131072\n"))
 	if err != nil || got.Limits.MaxConnectPacketSize != gateway.DefaultMaxConnectPacketSize {
 		t.Fatalf("limits %+v, %v; want the default pre-CONNECT limit", got.Limits, err)
+	}
+	// Off is a value of its own, not an error.
+	if _, err := LoadConfig(writeConfig(t, "limits:\n  max_sessions_per_identity: 0\n  publish_rate: 0\n  conn_rate_per_ip: 0\n")); err != nil {
+		t.Fatalf("limits turned off: %v", err)
 	}
 	if d := DefaultConfig().Limits; d.MaxPacketSize != gateway.DefaultMaxPacketSize || d.MaxConnectPacketSize != gateway.DefaultMaxConnectPacketSize {
 		t.Fatalf("default limits %+v", d)
@@ -46,6 +52,17 @@ func TestLimitsConfig(t *testing.T) {
 		{"limits:\n  max_packet_size: 32768\n", "limits.max_connect_packet_size"}, // below the default pre-CONNECT limit
 		{"limits:\n  max_packet_size: 4096\n  max_connect_packet_size: 8192\n", "limits.max_connect_packet_size"},
 		{"limits:\n  max_packet: 4096\n", "limits.max_packet"},
+		{"limits:\n  max_sessions_per_identity: -1\n", "limits.max_sessions_per_identity"},
+		{"limits:\n  publish_rate: -5\n", "limits.publish_rate"},
+		{"limits:\n  publish_burst: 0\n", "limits.publish_burst"},
+		{"limits:\n  publish_bytes_rate: -1\n", "limits.publish_bytes_rate"},
+		{"limits:\n  publish_bytes_burst: 1000\n", "limits.publish_bytes_burst"}, // below max_packet_size
+		{"limits:\n  max_subscriptions_per_session: -1\n", "limits.max_subscriptions_per_session"},
+		{"limits:\n  max_outbound_queue: 0\n", "limits.max_outbound_queue"},
+		{"limits:\n  max_inflight: 70000\n", "limits.max_inflight"},
+		{"limits:\n  handshake_timeout: 0s\n", "limits.handshake_timeout"},
+		{"limits:\n  conn_rate_per_ip: -1\n", "limits.conn_rate_per_ip"},
+		{"limits:\n  conn_burst_per_ip: 0\n", "limits.conn_burst_per_ip"},
 	}
 	for _, tc := range bad {
 		_, err := LoadConfig(writeConfig(t, tc.yaml))
@@ -60,7 +77,7 @@ func TestLimitsConfig(t *testing.T) {
 // the connection.
 func TestLimitsReachTheGateway(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.Limits = LimitsConfig{MaxPacketSize: 8192, MaxConnectPacketSize: 2048}
+	cfg.Limits.MaxPacketSize, cfg.Limits.MaxConnectPacketSize = 8192, 2048
 	a := start(t, cfg)
 	conf := deviceTLS(t, a, "sensor-1", nil)
 	conf.ServerName = "localhost"

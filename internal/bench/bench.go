@@ -74,6 +74,13 @@ type Config struct {
 	// DurationLimit bounds the publishing and delivery of each run; a run
 	// cut short reports what it measured and says so.
 	DurationLimit time.Duration
+	// Storage is the gateway's durable broker state: StorageOn (the
+	// product's default), StorageFsync or StorageOff.
+	Storage StorageMode
+	// Persistent makes the subscribers' sessions persistent (Clean Start,
+	// then a one-hour session expiry), so that with storage every
+	// delivery to them is written before it is sent.
+	Persistent bool
 
 	// Logger receives the gateway's log; nil discards it.
 	Logger *slog.Logger
@@ -92,7 +99,26 @@ func DefaultConfig() Config {
 		Rate:          0,
 		Policy:        PolicyDefault,
 		DurationLimit: 60 * time.Second,
+		Storage:       StorageOn,
 	}
+}
+
+// StorageMode selects the gateway's storage (app.StorageConfig).
+type StorageMode string
+
+const (
+	StorageOn    StorageMode = "on"
+	StorageFsync StorageMode = "fsync"
+	StorageOff   StorageMode = "off"
+)
+
+// ParseStorageMode reads a storage mode as `ztgate bench --storage` takes it.
+func ParseStorageMode(s string) (StorageMode, error) {
+	switch m := StorageMode(s); m {
+	case StorageOn, StorageFsync, StorageOff:
+		return m, nil
+	}
+	return "", fmt.Errorf("bench: --storage %q: want on, fsync or off", s)
 }
 
 // ParsePolicyMode reads a policy mode as `ztgate bench --policy` takes it.
@@ -126,6 +152,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("bench: --duration-limit must be positive and at most %s, got %s", MaxDurationLimit, c.DurationLimit)
 	}
 	if _, err := ParsePolicyMode(string(c.Policy)); err != nil {
+		return err
+	}
+	if _, err := ParseStorageMode(string(c.Storage)); err != nil {
 		return err
 	}
 	return nil

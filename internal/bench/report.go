@@ -27,6 +27,8 @@ type Settings struct {
 	Rate          int    `json:"rate"` // messages/s for all publishers; 0: unlimited
 	Policy        string `json:"policy"`
 	DurationLimit string `json:"duration_limit"`
+	Storage       string `json:"storage"`
+	Persistent    bool   `json:"persistent_subscribers"`
 	GoVersion     string `json:"go_version"`
 	GOMAXPROCS    int    `json:"gomaxprocs"`
 	NumCPU        int    `json:"num_cpu"`
@@ -42,6 +44,8 @@ func settingsOf(cfg Config) Settings {
 		Rate:          cfg.Rate,
 		Policy:        string(cfg.Policy),
 		DurationLimit: cfg.DurationLimit.String(),
+		Storage:       string(cfg.Storage),
+		Persistent:    cfg.Persistent,
 		GoVersion:     runtime.Version(),
 		GOMAXPROCS:    runtime.GOMAXPROCS(0),
 		NumCPU:        runtime.NumCPU(),
@@ -151,6 +155,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "ztgate bench: %d publishers -> %d subscribers, %d messages, QoS %d, %d-byte payload, rate %s\n",
 		s.Publishers, s.Subscribers, s.Messages, s.QoS, s.PayloadBytes, rate)
+	fmt.Fprintf(w, "storage %s, persistent subscribers %v\n", s.Storage, s.Persistent)
 	fmt.Fprintf(w, "%s, GOMAXPROCS %d, %d CPUs; allocations are the whole process' per message sent\n\n",
 		s.GoVersion, s.GOMAXPROCS, s.NumCPU)
 

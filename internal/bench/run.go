@@ -155,6 +155,11 @@ func runOnce(ctx context.Context, cfg Config, mode PolicyMode) (Result, error) {
 	acfg.TrustDomain = trustDomain
 	acfg.PolicyWatch = false
 	acfg.Logger = cfg.Logger
+	// The bench measures what the gateway can carry: its publishers
+	// would otherwise be held back at the per-identity publish rate.
+	acfg.Limits.PublishRate, acfg.Limits.PublishBytesRate = 0, 0
+	acfg.Storage.Enabled = cfg.Storage != StorageOff
+	acfg.Storage.Fsync = cfg.Storage == StorageFsync
 	if mode == PolicyAllowAll {
 		pdir := filepath.Join(dir, "policy")
 		if err := os.Mkdir(pdir, 0o700); err != nil {
@@ -350,9 +355,14 @@ func split(n int64, k int) []int64 {
 // clientID. A connection the server or the network ends before the run is
 // over fails the run.
 func (r *run) connect(ctx context.Context, tc *tls.Config, clientID string, onPublish func(paho.PublishReceived) (bool, error)) (*paho.Client, net.Conn, error) {
+	cp := &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 60}
+	if onPublish != nil && r.cfg.Persistent {
+		expiry := uint32(3600)
+		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &expiry}
+	}
 	c, err := mqttconn.Dial(ctx, r.addr, mqttconn.Options{
 		TLS:               tc,
-		Connect:           &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 60},
+		Connect:           cp,
 		OnPublishReceived: onPublish,
 		OnClientError: func(err error) {
 			r.fail(fmt.Errorf("bench: connection of %s: %w", clientID, err))

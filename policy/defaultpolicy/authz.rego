@@ -136,6 +136,19 @@ allow if {
 	role(input) == "admin"
 }
 
+# --- limits --------------------------------------------------------------------
+
+# Per-identity limits, evaluated once at CONNECT (docs/policy.md): a
+# controller subscribes to every device and commands them all, so it may
+# hold more sessions and filters and publish faster than a device. An
+# identity the rule is undefined for keeps the configured limits.
+limits := {
+	"max_sessions_per_identity": 16,
+	"max_subscriptions_per_session": 1000,
+	"publish_rate": 1000,
+	"publish_burst": 10000,
+} if role(input) == "controller"
+
 # --- why not -------------------------------------------------------------------
 
 # Each reason starts with `not allow` so that an allowed decision pays for

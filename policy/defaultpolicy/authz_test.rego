@@ -546,3 +546,19 @@ test_empty_input_denied if {
 	denied({})
 	"identity not enrolled" in reasons({})
 }
+
+# --- limits --------------------------------------------------------------------
+
+test_controller_gets_more if {
+	l := authz.limits with input as connect(["workload", "ctl-1"], device("ctl-1", {"role": "controller"}, "active"))
+	l.max_sessions_per_identity == 16
+	l.publish_rate == 1000
+}
+
+test_device_keeps_configured_limits if {
+	not authz.limits with input as connect(["device", "pump-7"], device("pump-7", {}, "active"))
+}
+
+test_suspended_controller_gets_nothing_more if {
+	not authz.limits with input as connect(["workload", "ctl-1"], device("ctl-1", {"role": "controller"}, "suspended"))
+}
