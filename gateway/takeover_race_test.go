@@ -48,22 +48,8 @@ func TestQoS1RacingSessionTakeoverDelivered(t *testing.T) {
 	}
 	const cmds = "devices/sensor-1/commands/"
 	d := &holdDecider{next: pol, topic: cmds + "queued", held: make(chan struct{}), release: make(chan struct{})}
-	e := newEnv(t, d)
-	deviceCfg := e.enroll("sensor-1", nil)
-	ctl := e.mustConnect(e.enroll("ctl", controllerLabels), "ctl")
+	e, ctl, dev, persistent := takeoverEnv(t, d)
 	const scopedID = "spiffe://example.org/device/sensor-1 dev"
-	persistent := func(clean bool) (*client, *paho.Connack, error) {
-		return e.connect(deviceCfg, &paho.Connect{ClientID: "dev", CleanStart: clean,
-			Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(300)}})
-	}
-
-	dev, _, err := persistent(true)
-	if err != nil {
-		t.Fatalf("device connect: %v", err)
-	}
-	if got := dev.subscribe(t, sub(cmds+"#", 1)); got[0] != 1 {
-		t.Fatalf("device SUBACK = %#x, want 1", got[0])
-	}
 	_ = dev.Disconnect(&paho.Disconnect{})
 	poll(t, "device offline", func() bool {
 		cl, ok := e.gw.server.Clients.Get(scopedID)
@@ -154,22 +140,8 @@ func TestQoS1StressTakeoversLoseNothing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("default policy: %v", err)
 	}
-	e := newEnv(t, pol)
-	deviceCfg := e.enroll("sensor-1", nil)
-	ctl := e.mustConnect(e.enroll("ctl", controllerLabels), "ctl")
 	const cmds = "devices/sensor-1/commands/"
-	persistent := func(clean bool) (*client, *paho.Connack, error) {
-		return e.connect(deviceCfg, &paho.Connect{ClientID: "dev", CleanStart: clean,
-			Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(300)}})
-	}
-
-	dev, _, err := persistent(true)
-	if err != nil {
-		t.Fatalf("device connect: %v", err)
-	}
-	if got := dev.subscribe(t, sub(cmds+"#", 1)); got[0] != 1 {
-		t.Fatalf("device SUBACK = %#x, want 1", got[0])
-	}
+	_, ctl, dev, persistent := takeoverEnv(t, pol)
 	conns := []*client{dev}
 
 	// The publisher acknowledges each message before the next, so every
@@ -266,4 +238,27 @@ func missingStress(conns []*client) []int {
 		}
 	}
 	return missing
+}
+
+// takeoverEnv starts a gateway deciding with d, connects a controller, and
+// connects sensor-1 with a persistent session (client ID "dev") subscribed
+// to its commands at QoS 1. persistent connects sensor-1 again with that
+// client ID, taking the session over.
+func takeoverEnv(t *testing.T, d policy.Decider) (e *env, ctl, dev *client, persistent func(clean bool) (*client, *paho.Connack, error)) {
+	t.Helper()
+	e = newEnv(t, d)
+	deviceCfg := e.enroll("sensor-1", nil)
+	ctl = e.mustConnect(e.enroll("ctl", controllerLabels), "ctl")
+	persistent = func(clean bool) (*client, *paho.Connack, error) {
+		return e.connect(deviceCfg, &paho.Connect{ClientID: "dev", CleanStart: clean,
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(300)}})
+	}
+	dev, _, err := persistent(true)
+	if err != nil {
+		t.Fatalf("device connect: %v", err)
+	}
+	if got := dev.subscribe(t, sub("devices/sensor-1/commands/#", 1)); got[0] != 1 {
+		t.Fatalf("device SUBACK = %#x, want 1", got[0])
+	}
+	return e, ctl, dev, persistent
 }
