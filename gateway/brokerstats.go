@@ -26,6 +26,9 @@ func (g *Gateway) brokerStats() metrics.BrokerStats {
 		DroppedQueueFull:    atomic.LoadInt64(&info.MessagesDropped),
 		DroppedInflightFull: atomic.LoadInt64(&info.InflightDropped),
 	}
+	if g.store != nil {
+		st.StoreWriteFailures = g.store.Failures()
+	}
 	for _, cl := range g.server.Clients.GetAll() {
 		if cl.Net.Inline {
 			continue

@@ -34,6 +34,9 @@ type BrokerStats struct {
 	// session already held the most messages it may (or had no packet
 	// identifier left).
 	DroppedQueueFull, DroppedInflightFull int64
+	// StoreWriteFailures counts writes to the durable broker state that
+	// failed (a PUBLISH whose journal write failed was refused).
+	StoreWriteFailures int64
 }
 
 // The drop reasons of ztgate_broker_messages_dropped_total.
@@ -54,6 +57,7 @@ type brokerCollector struct {
 	subscriptions            *prometheus.Desc
 	queued                   *prometheus.Desc
 	dropped                  *prometheus.Desc
+	storeFailures            *prometheus.Desc
 }
 
 func newBrokerCollector() *brokerCollector {
@@ -80,13 +84,15 @@ func newBrokerCollector() *brokerCollector {
 		dropped: prometheus.NewDesc(name("messages_dropped_total"),
 			"Deliveries the broker dropped, by reason: queue_full (the client's outbound queue was full), inflight_full (the session held the most unacknowledged messages it may). Policy denials are in ztgate_decisions_total.",
 			[]string{"reason"}, nil),
+		storeFailures: prometheus.NewDesc(name("store_write_failures_total"),
+			"Writes to the durable broker state (broker.db) that failed; a PUBLISH whose journal write failed was refused.", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (b *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{b.received, b.sent, b.bytesReceived, b.bytesSent,
-		b.retained, b.sessions, b.subscriptions, b.queued, b.dropped} {
+		b.retained, b.sessions, b.subscriptions, b.queued, b.dropped, b.storeFailures} {
 		ch <- d
 	}
 }
@@ -117,6 +123,7 @@ func (b *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(b.queued, s.QueuedOffline, "offline")
 	counter(b.dropped, s.DroppedQueueFull, DropQueueFull)
 	counter(b.dropped, s.DroppedInflightFull, DropInflightFull)
+	counter(b.storeFailures, s.StoreWriteFailures)
 }
 
 // SetBrokerStats exports the broker's figures as the ztgate_broker_*

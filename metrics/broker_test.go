@@ -52,6 +52,7 @@ func TestBrokerStatsExported(t *testing.T) {
 		MessagesReceived: 1, MessagesSent: 2, BytesReceived: 3, BytesSent: 4, Retained: 5,
 		SessionsConnected: 6, SessionsOffline: 7, Subscriptions: 8,
 		QueuedConnected: 9, QueuedOffline: 10, DroppedQueueFull: 11, DroppedInflightFull: 12,
+		StoreWriteFailures: 13,
 	}
 	m.SetBrokerStats(func() BrokerStats { return stats })
 	want := map[string]float64{
@@ -67,6 +68,7 @@ func TestBrokerStatsExported(t *testing.T) {
 		"ztgate_broker_queued_messages{offline}":              10,
 		"ztgate_broker_messages_dropped_total{queue_full}":    11,
 		"ztgate_broker_messages_dropped_total{inflight_full}": 12,
+		"ztgate_broker_store_write_failures_total":            13,
 	}
 	check := func(got map[string]float64) {
 		t.Helper()

@@ -29,6 +29,7 @@ var wantNames = []string{
 	"ztgate_broker_received_bytes_total",
 	"ztgate_broker_retained_messages",
 	"ztgate_broker_sent_bytes_total",
+	"ztgate_broker_store_write_failures_total",
 	"ztgate_broker_stored_sessions",
 	"ztgate_broker_subscriptions",
 	"ztgate_connections_total",
