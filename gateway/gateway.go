@@ -203,7 +203,8 @@ func New(cfg Config) (*Gateway, error) {
 	// maximum of the identity that sent it, before mochi reads its header:
 	// mochi's own bound is one for all, and it closes without telling.
 	caps.MaximumPacketSize = 0
-	// mochi allocates the outbound queue whole with every client.
+	// mochi allocates the outbound queue whole, at the client's first
+	// delivery (LazyOutboundQueue below).
 	caps.MaximumClientWritesPending = int32(limits.MaxOutboundQueue)
 	caps.MaximumInflight = uint16(limits.MaxInflight)
 	// mochi logs whole packets (payloads, passwords) when it refuses one;
@@ -215,6 +216,8 @@ func New(cfg Config) (*Gateway, error) {
 		// No inline client: it bypasses every ACL check.
 		InlineClient:           false,
 		SysTopicResendInterval: sysTopicInterval,
+		// An idle device holds no outbound queue (8 KiB at 1,024 slots).
+		LazyOutboundQueue: true,
 	})
 	g.wills.init(g)
 	g.hook = &hook{g: g}

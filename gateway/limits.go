@@ -43,10 +43,12 @@ const (
 	// DefaultMaxSubscriptionsPerSession bounds the filters of one session.
 	DefaultMaxSubscriptionsPerSession = 100
 	// DefaultMaxOutboundQueue is the slots of a session's outbound queue
-	// (mochi's MaximumClientWritesPending). mochi allocates the whole queue
-	// with the client: its default of 8,192 pointers is 64 KiB for every
-	// idle device. 1,024 (8 KiB) still holds a burst of a thousand
-	// deliveries for a subscriber. A message that finds the queue full is
+	// (mochi's MaximumClientWritesPending). The patched mochi allocates the
+	// whole queue at a client's first delivery (LazyOutboundQueue), so an
+	// idle device holds none; one that has received holds it until it
+	// disconnects: mochi's default of 8,192 pointers is 64 KiB, 1,024 is
+	// 8 KiB and still holds a burst of a thousand deliveries for a
+	// subscriber. A message that finds the queue full is
 	// dropped, QoS 1 and 2 too (mochi v2.7.9 takes it out of the session's
 	// in-flight messages): ztgate_broker_messages_dropped_total counts it.
 	DefaultMaxOutboundQueue = 1024

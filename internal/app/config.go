@@ -173,7 +173,7 @@ type LimitsConfig struct {
 	// filter beyond it is refused (SUBACK 0x97, MQTT 3.1.1 0x80).
 	MaxSubscriptionsPerSession int `yaml:"max_subscriptions_per_session"`
 	// MaxOutboundQueue is the slots of a session's outbound queue, which
-	// is allocated whole with the session (8 bytes a slot); MaxInflight
+	// is allocated whole at its first delivery (8 bytes a slot); MaxInflight
 	// bounds the QoS 1 and 2 messages a session holds unacknowledged or
 	// queued while offline. Neither can be off.
 	MaxOutboundQueue int `yaml:"max_outbound_queue"`

@@ -143,20 +143,23 @@ type Will struct {
 
 // ClientState tracks the state of the client.
 type ClientState struct {
-	TopicAliases    TopicAliases         // a map of topic aliases
-	stopCause       atomic.Value         // reason for stopping
-	Inflight        *Inflight            // a map of in-flight qos messages
-	Subscriptions   *Subscriptions       // a map of the subscription filters a client maintains
-	disconnected    int64                // the time the client disconnected in unix time, for calculating expiry
-	outbound        chan *packets.Packet // queue for pending outbound packets
-	endOnce         sync.Once            // only end once
-	isTakenOver     atomic.Bool          // used to identify orphaned clients
-	packetID        uint32               // the current highest packetID
-	open            context.Context      // indicate that the client is open for packet exchange
-	cancelOpen      context.CancelFunc   // cancel function for open context
-	outboundQty     int32                // number of messages currently in the outbound queue
-	Keepalive       uint16               // the number of seconds the connection can wait
-	ServerKeepalive bool                 // keepalive was set by the server
+	TopicAliases    TopicAliases                         // a map of topic aliases
+	stopCause       atomic.Value                         // reason for stopping
+	Inflight        *Inflight                            // a map of in-flight qos messages
+	Subscriptions   *Subscriptions                       // a map of the subscription filters a client maintains
+	disconnected    int64                                // the time the client disconnected in unix time, for calculating expiry
+	outbound        chan *packets.Packet                 // queue for pending outbound packets
+	endOnce         sync.Once                            // only end once
+	isTakenOver     atomic.Bool                          // used to identify orphaned clients
+	packetID        uint32                               // the current highest packetID
+	open            context.Context                      // indicate that the client is open for packet exchange
+	cancelOpen      context.CancelFunc                   // cancel function for open context
+	outboundQty     int32                                // number of messages currently in the outbound queue
+	lazyOutbound    atomic.Pointer[chan *packets.Packet] // ztgate patch: the outbound queue with Options.LazyOutboundQueue
+	writerEnabled   atomic.Bool                          // ztgate patch: the outbound queue may be written (after the CONNACK)
+	writerRunning   atomic.Bool                          // ztgate patch: a drainOutbound goroutine owns the queue
+	Keepalive       uint16                               // the number of seconds the connection can wait
+	ServerKeepalive bool                                 // keepalive was set by the server
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -171,12 +174,15 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
 		},
 		ops: o,
+	}
+
+	if !o.options.LazyOutboundQueue { // ztgate patch
+		cl.State.outbound = make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending)
 	}
 
 	if c != nil {
@@ -190,11 +196,33 @@ func newClient(c net.Conn, o *ops) *Client {
 	return cl
 }
 
+// outboundQueue is the client's outbound queue; with
+// Options.LazyOutboundQueue it is nil until the first delivery, which makes
+// it if create. State.outbound, set only by newClient, is nil then: it is
+// never written once the client is shared. [ztgate patch]
+func (cl *Client) outboundQueue(create bool) chan *packets.Packet {
+	if cl.State.outbound != nil {
+		return cl.State.outbound
+	}
+	if q := cl.State.lazyOutbound.Load(); q != nil {
+		return *q
+	}
+	if !create {
+		return nil
+	}
+	q := make(chan *packets.Packet, cl.ops.options.Capabilities.MaximumClientWritesPending)
+	if cl.State.lazyOutbound.CompareAndSwap(nil, &q) {
+		return q
+	}
+	return *cl.State.lazyOutbound.Load()
+}
+
 // WriteLoop ranges over pending outbound messages and writes them to the client connection.
 func (cl *Client) WriteLoop() {
+	queue := cl.outboundQueue(true) // ztgate patch
 	for {
 		select {
-		case pk := <-cl.State.outbound:
+		case pk := <-queue:
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
@@ -204,6 +232,63 @@ func (cl *Client) WriteLoop() {
 			return
 		}
 	}
+}
+
+// enableWriter lets the outbound queue be written from now on and writes
+// what is already queued. [ztgate patch]
+func (cl *Client) enableWriter() {
+	cl.State.writerEnabled.Store(true)
+	cl.kickWriter()
+}
+
+// kickWriter starts a goroutine writing the outbound queue unless one runs
+// already. An idle client thus holds no writer goroutine, whose stack
+// would cost more than the rest of an idle client. [ztgate patch]
+func (cl *Client) kickWriter() {
+	if !cl.State.writerEnabled.Load() || !cl.outboundPending(cl.outboundQueue(false)) {
+		return
+	}
+	if cl.State.writerRunning.CompareAndSwap(false, true) {
+		go cl.drainOutbound()
+	}
+}
+
+// drainOutbound writes the outbound queue until it is empty or the client
+// closes. A packet queued after the queue looked empty but before the
+// running flag was cleared would see the flag still set and not start a
+// writer, so the queue is checked again after clearing it. [ztgate patch]
+func (cl *Client) drainOutbound() {
+	queue := cl.outboundQueue(true) // made already: a packet was queued
+	for {
+		for !cl.Closed() {
+			select {
+			case pk := <-queue:
+				if err := cl.WritePacket(*pk); err != nil {
+					cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				}
+				atomic.AddInt32(&cl.State.outboundQty, -1)
+				continue
+			default:
+			}
+			break
+		}
+		if cl.Closed() {
+			return // the flag stays set: nothing is written after the close, as with WriteLoop
+		}
+		cl.State.writerRunning.Store(false)
+		if !cl.outboundPending(queue) || !cl.State.writerRunning.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// outboundPending reports whether packets may wait in queue. The atomic
+// outboundQty, counted after each send, orders the check after the running
+// flag's change under the memory model (len alone is not synchronized); it
+// may stay positive for a moment after the queue emptied, which costs one
+// more empty pass of drainOutbound. [ztgate patch]
+func (cl *Client) outboundPending(queue chan *packets.Packet) bool {
+	return atomic.LoadInt32(&cl.State.outboundQty) > 0 || len(queue) > 0
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -377,16 +462,27 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return err
 		}
 
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		err = packetHandler(cl, pk) // Process inbound packet.
+		err = cl.readAndHandle(fh, packetHandler) // ztgate patch: see readAndHandle
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// readAndHandle reads the packet whose fixed header is fh and handles it.
+// It holds the packet's copies in its own frame, not in Read's, which is
+// on the stack while an idle client waits: the GC halves a goroutine's
+// stack only while less than a quarter of it is in use, and a small Read
+// frame lets an idle client's stack shrink to 8 KiB. [ztgate patch]
+//
+//go:noinline
+func (cl *Client) readAndHandle(fh *packets.FixedHeader, packetHandler ReadFn) error {
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -602,7 +698,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
-		if len(cl.State.outbound) == 0 {
+		if len(cl.outboundQueue(false)) == 0 { // ztgate patch: lazy queue
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)
 			}
