@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"path/filepath"
 	"sync/atomic"
@@ -311,19 +312,7 @@ func TestRestore_RetainedAndRevocation(t *testing.T) {
 		c.publish(t, &paho.Publish{Topic: fmt.Sprintf("devices/%s/state", name), QoS: 1, Retain: true, Payload: []byte(name)})
 		c.Close()
 	}
-	snap := e.crash(t)
-	if _, err := e.reg.SetStatus("valve", registry.StatusRevoked); err != nil {
-		t.Fatal(err)
-	}
-	e2 := e.restartFrom(t, snap, engine(t))
-
-	ctrl := e2.mustConnect(ctrlTLS, "ctrl")
-	ctrl.subscribe(t, sub("devices/+/state", 1))
-	m := ctrl.expectOnly(t, "devices/pump/state")
-	if string(m.Payload) != "pump" {
-		t.Fatalf("retained payload %q", m.Payload)
-	}
-	ctrl.Msgs.ExpectNone(t, restoreQuiet)
+	e2 := restartWithValveRevoked(t, e, ctrlTLS, "pump")
 	state, err := e2.gw.store.Load()
 	if err != nil {
 		t.Fatal(err)
@@ -356,6 +345,14 @@ func TestRestore_DelayedWill(t *testing.T) {
 		st, err := e.gw.store.Load()
 		return err == nil && len(st.Wills) == 2
 	})
+	restartWithValveRevoked(t, e, ctrlTLS, "gone")
+}
+
+// restartWithValveRevoked crashes e's gateway, revokes the device valve
+// while it is down, restarts it and subscribes a controller to the
+// devices' states: pump's must arrive with payload want, and nothing else.
+func restartWithValveRevoked(t *testing.T, e *env, ctrlTLS *tls.Config, want string) *env {
+	t.Helper()
 	snap := e.crash(t)
 	if _, err := e.reg.SetStatus("valve", registry.StatusRevoked); err != nil {
 		t.Fatal(err)
@@ -364,10 +361,11 @@ func TestRestore_DelayedWill(t *testing.T) {
 	ctrl := e2.mustConnect(ctrlTLS, "ctrl")
 	ctrl.subscribe(t, sub("devices/+/state", 1))
 	m := ctrl.expectOnly(t, "devices/pump/state")
-	if string(m.Payload) != "gone" {
-		t.Fatalf("will payload %q", m.Payload)
+	if string(m.Payload) != want {
+		t.Fatalf("payload of devices/pump/state %q, want %q", m.Payload, want)
 	}
 	ctrl.Msgs.ExpectNone(t, restoreQuiet)
+	return e2
 }
 
 // A session the gateway drops while running (its device revoked) leaves
