@@ -128,10 +128,12 @@ type Gateway struct {
 	retained retainedIndex
 	denials  denyFlusher
 
-	// connectTimeout is the constant of that name; tests shorten it.
+	// connectTimeout bounds the TLS handshake plus the CONNECT
+	// (Limits.HandshakeTimeout).
 	connectTimeout time.Duration
-	// maxConnect bounds the first packet of a connection (see
-	// preConnectConn); mochi enforces maxPacket itself.
+	// maxConnect bounds the first packet of a connection, maxPacket every
+	// later one unless the identity's limits say otherwise (see
+	// packetConn).
 	maxConnect int
 	maxPacket  uint32
 	// limits is the state of the guardrails (limits.go).

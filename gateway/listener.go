@@ -20,8 +20,8 @@ import (
 //     refusal is logged as such;
 //   - bound the handshake plus CONNECT with a deadline (mochi sets none
 //     before CONNECT);
-//   - bound the size of the first packet, which must be a CONNECT, before
-//     mochi allocates it (see preConnectConn);
+//   - bound the size of every packet, the first of which must be a
+//     CONNECT, before mochi allocates it (see packetConn);
 //   - keep accepting through transient errors (mochi's stops at the first);
 //   - count its connections itself, before each one starts, so that Close
 //     waits for them without racing mochi's own WaitGroup (mochi adds to it
