@@ -136,6 +136,13 @@ func newEnvWith(t testing.TB, d policy.Decider, mod func(*Config)) *env {
 	if mod != nil {
 		mod(&cfg)
 	}
+	gw := startGateway(t, cfg)
+	return &env{t: t, ca: ca, caDir: caDir, reg: reg, gw: gw, addr: gw.Addr().String(), bundle: ca.BundlePEM(), logs: logs}
+}
+
+// startGateway starts a gateway with cfg, closed when the test ends.
+func startGateway(t testing.TB, cfg Config) *Gateway {
+	t.Helper()
 	gw, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -144,7 +151,7 @@ func newEnvWith(t testing.TB, d policy.Decider, mod func(*Config)) *env {
 		t.Fatalf("Start: %v", err)
 	}
 	t.Cleanup(func() { _ = gw.Close() })
-	return &env{t: t, ca: ca, caDir: caDir, reg: reg, gw: gw, addr: gw.Addr().String(), bundle: ca.BundlePEM(), logs: logs}
+	return gw
 }
 
 // enroll registers device name (spiffe://example.org/device/NAME) and

@@ -81,14 +81,7 @@ func (e *env) restartFrom(t testing.TB, path string, d policy.Decider, mods ...f
 	for _, mod := range mods {
 		mod(&cfg)
 	}
-	gw, err := New(cfg)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	if err := gw.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() { _ = gw.Close() })
+	gw := startGateway(t, cfg)
 	return &env{t: t, ca: e.ca, caDir: e.caDir, reg: e.reg, gw: gw, addr: gw.Addr().String(), bundle: e.bundle, logs: e.logs}
 }
 
