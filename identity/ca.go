@@ -31,6 +31,11 @@ const CAValidity = 10 * 365 * 24 * time.Hour
 // behind still accepts a certificate issued a moment ago.
 const clockSkew = time.Minute
 
+// NotBeforeBackdate is how far before the moment of signing the CA sets an
+// SVID's NotBefore: the lifetime it was signed for is NotAfter - NotBefore -
+// NotBeforeBackdate, which a renewal asks for again.
+const NotBeforeBackdate = clockSkew
+
 // CA is the built-in certificate authority (ECDSA P-256) of one trust domain.
 // It is safe for concurrent use.
 type CA struct {

@@ -168,31 +168,17 @@ func (s *ServingCertSource) renew() error {
 }
 
 // ServerTLSConfig is ServerTLSConfig with the certificate served through
-// the renewing source: the mTLS config of the MQTT listener.
+// the renewing source: the mTLS config of the MQTT listener. It is
+// ServerTLSConfigFromSource on the built-in source.
 func (s *ServingCertSource) ServerTLSConfig(v *Verifier) *tls.Config {
-	return s.serve(ServerTLSConfig(s.current(), v))
+	return ServerTLSConfigFromSource(NewBuiltinSource(s.ca, s), v)
 }
 
 // APIServerTLSConfig is APIServerTLSConfig with the certificate served
 // through the renewing source. The chain served is the leaf and the CA, so
 // a device enrolling with a bootstrap token can check the CA against its pin.
 func (s *ServingCertSource) APIServerTLSConfig(v *Verifier) *tls.Config {
-	return s.serve(APIServerTLSConfig(s.current(), v))
-}
-
-func (s *ServingCertSource) current() tls.Certificate {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return *s.cert
-}
-
-// serve swaps cfg's fixed certificate for s, through the x509svid.Source
-// interface any SVID source will be served by: crypto/tls consults
-// GetCertificate only when Certificates is empty.
-func (s *ServingCertSource) serve(cfg *tls.Config) *tls.Config {
-	cfg.Certificates = nil
-	cfg.GetCertificate = GetCertificate(s, s.ca)
-	return cfg
+	return APIServerTLSConfigFromSource(NewBuiltinSource(s.ca, s), v)
 }
 
 // GetCertificate adapts an x509svid.Source to tls.Config.GetCertificate,

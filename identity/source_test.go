@@ -2,8 +2,10 @@ package identity_test
 
 import (
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,10 +16,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/testpki"
 )
 
 // The built-in CA is one implementation of go-spiffe's sources; files and
-// the SPIRE Workload API are to come behind the same interfaces.
+// the SPIRE Workload API are the others (filesource_test.go,
+// workloadsource_test.go).
 var (
 	_ x509bundle.Source = (*identity.CA)(nil)
 	_ x509svid.Source   = (*identity.ServingCertSource)(nil)
@@ -292,5 +296,83 @@ func TestGetCertificateAdapter(t *testing.T) {
 	}
 	if _, err := identity.GetCertificate(nil, ca)(nil); err == nil {
 		t.Error("nil source served a certificate")
+	}
+}
+
+// The built-in source is the CA and its serving certificate behind the
+// Source interface: it never changes by itself, so it has no Updated.
+func TestBuiltinSource(t *testing.T) {
+	ca := newCA(t, td)
+	serving, err := identity.NewServingCertSource(ca, gatewayID, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := identity.NewBuiltinSource(ca, serving)
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := serving.GetX509SVID()
+	if svid.ID != gatewayID || !svid.Certificates[0].Equal(want.Certificates[0]) {
+		t.Errorf("SVID %s is not the serving certificate", svid.ID)
+	}
+	if b, err := src.GetX509BundleForTrustDomain(td); err != nil || !b.Equal(ca.Bundle()) {
+		t.Errorf("bundle: %v", err)
+	}
+	if _, err := src.GetX509BundleForTrustDomain(otherTD); err == nil {
+		t.Error("answered for another trust domain")
+	}
+	if src.Updated() != nil {
+		t.Error("Updated is not nil")
+	}
+	if err := src.Close(); err != nil {
+		t.Error(err)
+	}
+	if src.CA() != ca {
+		t.Error("CA() is not the CA")
+	}
+}
+
+// The configs served from any source are the fixed-certificate configs
+// with the certificate asked of the source at each handshake.
+func TestTLSConfigFromSource(t *testing.T) {
+	ca := newCA(t, td)
+	serving, err := identity.NewServingCertSource(ca, gatewayID, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := identity.NewVerifier(ca.Bundle())
+	fixed := serverCert(t, ca)
+	src := identity.NewBuiltinSource(ca, serving)
+	for _, tc := range []struct {
+		name      string
+		got, want *tls.Config
+	}{
+		{"MQTT", identity.ServerTLSConfigFromSource(src, v), identity.ServerTLSConfig(fixed, v)},
+		{"API", identity.APIServerTLSConfigFromSource(src, v), identity.APIServerTLSConfig(fixed, v)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, want := tc.got, tc.want
+			if len(got.Certificates) != 0 || got.GetCertificate == nil {
+				t.Fatal("config serves a fixed certificate")
+			}
+			if got.MinVersion != want.MinVersion || got.ClientAuth != want.ClientAuth ||
+				got.SessionTicketsDisabled != want.SessionTicketsDisabled || !slices.Equal(got.CipherSuites, want.CipherSuites) ||
+				got.VerifyConnection == nil || got.VerifyPeerCertificate != nil {
+				t.Error("config differs from the fixed-certificate config beyond the certificate")
+			}
+			cert, err := got.GetCertificate(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id, err := v.Verify([]*x509.Certificate{cert.Leaf}); err != nil || id != gatewayID {
+				t.Errorf("served leaf verifies as %v, %v", id, err)
+			}
+			// A peer chain of an untrusted CA fails VerifyConnection.
+			foreign := testpki.NewCA(t, td.Name()).Issue(t, sensor.String())
+			if err := got.VerifyConnection(tls.ConnectionState{PeerCertificates: []*x509.Certificate{foreign.Leaf}}); err == nil {
+				t.Error("VerifyConnection accepted a chain of an untrusted CA")
+			}
+		})
 	}
 }
