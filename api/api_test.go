@@ -354,6 +354,11 @@ func TestAnonymousCallers(t *testing.T) {
 			if r.Status != http.StatusBadRequest {
 				t.Errorf("enroll without a certificate: %d %s, want 400 (CSR)", r.Status, r.Body)
 			}
+		case rt.path == "/v1/bundle":
+			// Reached the handler, which has no bundle to serve here.
+			if r.Status != http.StatusNotFound {
+				t.Errorf("bundle without a certificate: %d %s, want 404 (endpoint off)", r.Status, r.Body)
+			}
 		default:
 			if r.Status != http.StatusOK {
 				t.Errorf("%s %s without a certificate: %d %s, want 200", rt.method, path, r.Status, r.Body)
@@ -833,7 +838,7 @@ func TestNewValidatesConfig(t *testing.T) {
 	cases := map[string]func(*Config){
 		"no TLS":      func(c *Config) { c.TLS = nil },
 		"no registry": func(c *Config) { c.Registry = nil },
-		"no CA":       func(c *Config) { c.CA = nil },
+		"no CA":       func(c *Config) { c.CA, c.TrustDomain = nil, spiffeid.TrustDomain{} },
 		"no verifier": func(c *Config) { c.Verifier = nil },
 		"no decider":  func(c *Config) { c.Decider = nil },
 		"negative ttl": func(c *Config) {

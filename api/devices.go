@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,11 +36,23 @@ type CreateDeviceRequest struct {
 	Labels   map[string]string `json:"labels,omitempty"`
 }
 
-// SVIDRequest is the JSON form of POST /v1/devices/{name}/svid; the body may
-// also be the PEM CSR itself (Content-Type application/x-pem-file).
+// SVIDRequest is the JSON form of POST /v1/devices/{name}/svid and POST
+// /v1/svid/renew; the body may also be the PEM CSR itself (Content-Type
+// application/x-pem-file), which asks for the configured lifetime.
 type SVIDRequest struct {
 	CSR string `json:"csr"`
+	// TTL is the lifetime asked for, a Go duration such as "36h"; empty
+	// means the configured SVID lifetime. At least MinSVIDTTL, at most the
+	// configured lifetime.
+	TTL string `json:"ttl,omitempty"`
 }
+
+// MinSVIDTTL is the shortest lifetime a request may ask for: a shorter SVID
+// could expire before a peer whose clock runs a little late accepts it, or
+// before its holder has used it. Lifetimes this short suit tests; renewed
+// at half-life, an SVID of less than 40 seconds renews faster than the
+// renewal limit refills (one per 20 seconds once the burst is spent).
+const MinSVIDTTL = 10 * time.Second
 
 // SVIDResponse is the answer of POST /v1/devices/{name}/svid.
 type SVIDResponse struct {
@@ -133,9 +146,11 @@ func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, deviceOf(d))
 }
 
-// deviceSPIFFEID returns the SPIFFE ID a new device is enrolled under.
+// deviceSPIFFEID returns the SPIFFE ID a new device is enrolled under: by
+// default spiffe://TD/device/NAME in the own trust domain; a given one in
+// the own trust domain or in a federated one the gateway serves.
 func (s *Server) deviceSPIFFEID(name, given string) (spiffeid.ID, error) {
-	td := s.cfg.CA.TrustDomain()
+	td := s.cfg.TrustDomain
 	def, err := identity.DeviceID(td, name)
 	if err != nil {
 		return spiffeid.ID{}, badRequest("%v", err)
@@ -147,11 +162,18 @@ func (s *Server) deviceSPIFFEID(name, given string) (spiffeid.ID, error) {
 	if err != nil {
 		return spiffeid.ID{}, badRequest("invalid spiffe_id %q: %v", given, err)
 	}
-	if id.TrustDomain() != td {
-		return spiffeid.ID{}, badRequest("spiffe_id %q is not in trust domain %q", given, td.Name())
-	}
 	if id.Path() == "" {
 		return spiffeid.ID{}, badRequest("spiffe_id %q has an empty path", given)
+	}
+	if id.TrustDomain() != td {
+		// A partner's IDs follow the partner's naming, which the own
+		// device namespace rule below knows nothing of; the partner's
+		// policy recipe decides what they may do.
+		if !s.serves(id.TrustDomain()) {
+			return spiffeid.ID{}, badRequest("spiffe_id %q is in trust domain %q, which this gateway does not serve (its own is %q; others must be federated)",
+				given, id.TrustDomain().Name(), td.Name())
+		}
+		return id, nil
 	}
 	// Policies template device topics on the name and on /device/NAME; an
 	// ID in the device namespace that names another device would let the
@@ -160,6 +182,18 @@ func (s *Server) deviceSPIFFEID(name, given string) (spiffeid.ID, error) {
 		return spiffeid.ID{}, badRequest("spiffe_id %q is in the device namespace but is not %q", given, def.String())
 	}
 	return id, nil
+}
+
+// serves reports whether td is a federated trust domain the gateway
+// serves now (or its own).
+func (s *Server) serves(td spiffeid.TrustDomain) bool {
+	if td == s.cfg.TrustDomain {
+		return true
+	}
+	if s.cfg.TrustDomains == nil {
+		return false
+	}
+	return slices.Contains(s.cfg.TrustDomains(), td)
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
@@ -308,9 +342,15 @@ func (s *Server) signSVID(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stateOf(r).target = name
-	csrPEM, err := readCSR(r)
+	csrPEM, rawTTL, err := readCSR(r)
 	if err != nil {
 		s.fail(w, "read csr", err)
+		return
+	}
+	// An admin who asks for more than the gateway signs is told so.
+	ttl, err := s.svidTTL(rawTTL, false)
+	if err != nil {
+		s.fail(w, "svid ttl", err)
 		return
 	}
 	d, err := s.cfg.Registry.Get(name)
@@ -326,6 +366,7 @@ func (s *Server) signSVID(w http.ResponseWriter, r *http.Request) {
 		action: actionSVIDIssue,
 		device: d,
 		csrPEM: csrPEM,
+		ttl:    ttl,
 		// The device may have been suspended or revoked while we signed;
 		// the gateway would refuse the SVID anyway, but do not hand it out.
 		changed: func(w http.ResponseWriter) {
@@ -340,6 +381,7 @@ type svidIssue struct {
 	actor  string // audit actor; "" is the caller
 	device *registry.Device
 	csrPEM []byte
+	ttl    time.Duration // 0: the configured lifetime
 	// changed answers when the device is no longer active once the SVID
 	// is signed.
 	changed func(w http.ResponseWriter)
@@ -355,7 +397,17 @@ func (s *Server) issueSVID(w http.ResponseWriter, r *http.Request, is svidIssue)
 		s.fail(w, "stored spiffe id", err) // the registry holds only valid IDs
 		return
 	}
-	chain, err := s.cfg.CA.SignCSR(is.csrPEM, id, s.cfg.SVIDTTL)
+	if !id.MemberOf(s.cfg.CA.TrustDomain()) {
+		// A federated device's SVIDs are its own trust domain's to sign.
+		writeError(w, http.StatusConflict, fmt.Sprintf("device %q is in trust domain %q: the built-in CA signs for %q only; its SVID comes from its own trust domain",
+			d.Name, id.TrustDomain().Name(), s.cfg.CA.TrustDomain().Name()))
+		return
+	}
+	ttl := is.ttl
+	if ttl == 0 {
+		ttl = s.cfg.SVIDTTL
+	}
+	chain, err := s.cfg.CA.SignCSR(is.csrPEM, id, ttl)
 	if errors.Is(err, identity.ErrInvalidCSR) {
 		writeError(w, http.StatusBadRequest, "CSR refused: "+err.Error())
 		return
@@ -395,30 +447,57 @@ func (s *Server) issueSVID(w http.ResponseWriter, r *http.Request, is svidIssue)
 
 // readCSR returns the PEM CSR of the request, sent as the body
 // (application/x-pem-file) or as {"csr": "..."} (application/json), after
-// checking that it parses and is signed by its own key.
-func readCSR(r *http.Request) ([]byte, error) {
-	var csrPEM []byte
+// checking that it parses and is signed by its own key, and the ttl the
+// JSON form asks for ("" when none).
+func readCSR(r *http.Request) ([]byte, string, error) {
+	var (
+		csrPEM []byte
+		ttl    string
+	)
 	switch mediaType(r) {
 	case "application/x-pem-file":
 		b, err := io.ReadAll(r.Body)
 		if err != nil {
 			var tooBig *http.MaxBytesError
 			if errors.As(err, &tooBig) {
-				return nil, err
+				return nil, "", err
 			}
-			return nil, badRequest("reading CSR: %v", err)
+			return nil, "", badRequest("reading CSR: %v", err)
 		}
 		csrPEM = b
 	case "application/json":
 		var req SVIDRequest
 		if err := decodeJSON(r, &req); err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		csrPEM = []byte(req.CSR)
+		csrPEM, ttl = []byte(req.CSR), req.TTL
 	default:
-		return nil, unsupportedMediaType("application/x-pem-file", "application/json")
+		return nil, "", unsupportedMediaType("application/x-pem-file", "application/json")
 	}
-	return parseCSRPEM(csrPEM)
+	csrPEM, err := parseCSRPEM(csrPEM)
+	return csrPEM, ttl, err
+}
+
+// svidTTL is the lifetime to sign for a request's ttl: the configured one
+// when raw is empty, else raw within [MinSVIDTTL, configured]. Above the
+// configured lifetime, capAbove signs the configured one instead of
+// refusing.
+func (s *Server) svidTTL(raw string, capAbove bool) (time.Duration, error) {
+	if raw == "" {
+		return s.cfg.SVIDTTL, nil
+	}
+	bounds := fmt.Sprintf("want at least %s and at most %s (the gateway's svid_ttl)", MinSVIDTTL, s.cfg.SVIDTTL)
+	d, err := time.ParseDuration(raw)
+	if err != nil {
+		return 0, badRequest("ttl %s is not a duration such as 36h or 90m; %s", clip(raw), bounds)
+	}
+	if d > s.cfg.SVIDTTL && capAbove {
+		return s.cfg.SVIDTTL, nil
+	}
+	if d < MinSVIDTTL || d > s.cfg.SVIDTTL {
+		return 0, badRequest("ttl %s is out of range: %s", d, bounds)
+	}
+	return d, nil
 }
 
 // parseCSRPEM checks that csrPEM is exactly one PEM CSR that parses and is

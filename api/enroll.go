@@ -234,9 +234,18 @@ func (s *Server) renewSVID(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusTooManyRequests, "too many SVID renewals for this identity; retry later")
 		return
 	}
-	csrPEM, err := readCSR(r)
+	csrPEM, rawTTL, err := readCSR(r)
 	if err != nil {
 		s.fail(w, "read csr", err)
+		return
+	}
+	// A renewing device keeps the lifetime its SVID had, which it cannot
+	// know to be longer than what the gateway signs now (svid_ttl may have
+	// been shortened since): above, it gets svid_ttl rather than a refusal
+	// that would leave it to expire.
+	ttl, err := s.svidTTL(rawTTL, true)
+	if err != nil {
+		s.fail(w, "svid ttl", err)
 		return
 	}
 	deny := func(w http.ResponseWriter, target, why string) {
@@ -263,6 +272,7 @@ func (s *Server) renewSVID(w http.ResponseWriter, r *http.Request) {
 		action: actionSVIDRenew,
 		device: d,
 		csrPEM: csrPEM,
+		ttl:    ttl,
 		changed: func(w http.ResponseWriter) {
 			deny(w, d.Name, fmt.Sprintf("device %q changed while its SVID was signed", d.Name))
 		},

@@ -331,12 +331,22 @@ func TestOpenAPIErrorStatusesMatchServer(t *testing.T) {
 		{"GET /healthz", "/healthz", "", ``, e.anon, 200},
 		{"GET /readyz", "/readyz", "", ``, e.anon, 200},
 	}
+	noCA := newEnv(t, withoutCA) // identity from files: nothing is signed
+	bundle := newEnv(t, func(c *Config) {
+		c.BundleEndpoint = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"keys":[]}`)) })
+	})
 	// Answers that need another server.
 	other := []struct {
 		e                     *env
 		route, path, ct, body string
 		status                int
 	}{
+		{noCA, "POST /v1/devices/{name}/svid", "/v1/devices/sensor-0/svid", "application/x-pem-file", string(csr), 409},
+		{noCA, "POST /v1/tokens", "/v1/tokens", "application/json", `{"name":"t1"}`, 409},
+		{noCA, "POST /v1/enroll", "/v1/enroll", "application/json", csrJSON("ztb_x"), 409},
+		{noCA, "POST /v1/svid/renew", "/v1/svid/renew", "application/x-pem-file", string(csr), 409},
+		{bundle, "GET /v1/bundle", "/v1/bundle", "", "", 200},
+		{noCA, "GET /v1/bundle", "/v1/bundle", "", "", 404},
 		{noDir, "PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "text/plain", "package x\n", 409},
 		{noPolicy, "PUT /v1/policy/modules/{name}", "/v1/policy/modules/x.rego", "text/plain", "package x\n", 501},
 		{noPolicy, "GET /v1/policy", "/v1/policy", "", "", 501},

@@ -15,8 +15,8 @@ const (
 	// an admin.
 	selfAccess
 	// publicAccess routes need no client certificate and no decision:
-	// health probes, and enrollment, where the bootstrap token is the
-	// credential.
+	// health probes, the trust bundle, and enrollment, where the
+	// bootstrap token is the credential.
 	publicAccess
 )
 
@@ -32,6 +32,10 @@ type route struct {
 	action string
 	// maxBody bounds the request body; 0 means maxBodyBytes.
 	maxBody int64
+	// signs marks a route that signs an SVID with the built-in CA (or
+	// hands out what leads to one, a bootstrap token): without a CA it
+	// answers 409 once the caller is authenticated and authorized.
+	signs   bool
 	handler func(*Server, http.ResponseWriter, *http.Request)
 }
 
@@ -52,13 +56,13 @@ var routes = []route{
 	{method: http.MethodGet, path: "/v1/devices", action: "device.list", handler: (*Server).listDevices},
 	{method: http.MethodPost, path: "/v1/devices/import", action: "device.import", maxBody: maxImportBodyBytes, handler: (*Server).importDevices},
 	{method: http.MethodGet, path: "/v1/devices/{name}", action: "device.get", handler: (*Server).getDevice},
-	{method: http.MethodPost, path: "/v1/devices/{name}/svid", action: actionSVIDIssue, handler: (*Server).signSVID},
+	{method: http.MethodPost, path: "/v1/devices/{name}/svid", action: actionSVIDIssue, signs: true, handler: (*Server).signSVID},
 	{method: http.MethodPost, path: "/v1/devices/{name}/revoke", action: "device.revoke", handler: (*Server).revokeDevice},
 	{method: http.MethodPost, path: "/v1/devices/{name}/suspend", action: "device.suspend", handler: (*Server).suspendDevice},
 	{method: http.MethodPost, path: "/v1/devices/{name}/resume", action: "device.resume", handler: (*Server).resumeDevice},
-	{method: http.MethodPost, path: "/v1/tokens", action: "token.create", handler: (*Server).createToken},
-	{method: http.MethodPost, path: "/v1/enroll", access: publicAccess, action: "token.redeem", handler: (*Server).enroll},
-	{method: http.MethodPost, path: "/v1/svid/renew", access: selfAccess, action: actionSVIDRenew, handler: (*Server).renewSVID},
+	{method: http.MethodPost, path: "/v1/tokens", action: "token.create", signs: true, handler: (*Server).createToken},
+	{method: http.MethodPost, path: "/v1/enroll", access: publicAccess, action: "token.redeem", signs: true, handler: (*Server).enroll},
+	{method: http.MethodPost, path: "/v1/svid/renew", access: selfAccess, action: actionSVIDRenew, signs: true, handler: (*Server).renewSVID},
 	{method: http.MethodGet, path: "/v1/audit", action: "audit.list", handler: (*Server).listAudit},
 	{method: http.MethodGet, path: "/v1/policy", action: "policy.status", handler: (*Server).policyStatus},
 	{method: http.MethodPut, path: "/v1/policy/modules/{name}", action: actionPolicyPut, maxBody: maxModuleBodyBytes, handler: (*Server).putPolicyModule},
@@ -70,6 +74,9 @@ var routes = []route{
 	// they reveal nothing but whether the API is up and ready.
 	{method: http.MethodGet, path: "/healthz", access: publicAccess, action: "health", handler: (*Server).healthz},
 	{method: http.MethodGet, path: "/readyz", access: publicAccess, action: "health", handler: (*Server).readyz},
+	// The own trust domain's bundle, for partners federating with it
+	// (SPIFFE bundle endpoint): public, as a bundle is.
+	{method: http.MethodGet, path: "/v1/bundle", access: publicAccess, action: "bundle.get", handler: (*Server).getBundle},
 	// Metrics reveal device names, request rates and process details, so
 	// they are an admin action like any other.
 	{method: http.MethodGet, path: "/metrics", action: "metrics.read", handler: (*Server).serveMetrics},

@@ -1,10 +1,12 @@
 // Package api is ztgate's admin and enrollment API: JSON over HTTPS on its
 // own port. Every admin request needs a verified client X.509-SVID and is
 // decided by the policy engine with action "admin", for the peer's SPIFFE ID
-// and its registry entry; there is no other way in. Three kinds of request
+// and its registry entry; there is no other way in. Four kinds of request
 // need no admin decision: a device renewing its own SVID (a verified SVID of
 // an active device), enrollment with a one-time bootstrap token (no client
-// certificate; rate limited per remote address), and the health probes.
+// certificate; rate limited per remote address), the health probes, and the
+// trust domain's bundle (GET /v1/bundle, a SPIFFE bundle endpoint). Without
+// a CA (identities from files or SPIRE) the routes that sign answer 409.
 // Every admin and enrollment action leaves an entry in the registry's audit
 // log. The routes and their schemas are described in openapi.yaml, which the
 // tests hold to the server.
@@ -56,8 +58,8 @@ const (
 	shutdownTimeout = 5 * time.Second
 )
 
-// Config configures a Server. TLS, Registry, CA, Verifier and Decider are
-// required.
+// Config configures a Server. TLS, Registry, Verifier, Decider and a CA or
+// a TrustDomain are required.
 type Config struct {
 	Addr string
 	// TLS is the listener's configuration, identity.APIServerTLSConfig: a
@@ -69,9 +71,25 @@ type Config struct {
 	// enrollment by token and anonymous probes.
 	TLS      *tls.Config
 	Registry *registry.Store
-	CA       *identity.CA
-	Verifier *identity.Verifier
-	Decider  policy.Decider
+	// CA signs device SVIDs. Nil when the gateway's identities come from
+	// elsewhere (an operator's PKI, SPIRE): the routes that sign answer
+	// 409, and TrustDomain must be set.
+	CA *identity.CA
+	// TrustDomain is the gateway's own trust domain, where devices are
+	// enrolled by default; zero means the CA's.
+	TrustDomain spiffeid.TrustDomain
+	// TrustDomains lists the trust domains the gateway serves, its own and
+	// the federated ones: a device may be registered with a SPIFFE ID of
+	// any of them. Nil means the own trust domain only.
+	TrustDomains func() []spiffeid.TrustDomain
+	// IdentitySource names where the gateway's identities come from
+	// (files, workload_api), for the answer of a signing route without CA.
+	IdentitySource string
+	// BundleEndpoint serves GET /v1/bundle, the own trust domain's SPIFFE
+	// bundle for partners that federate with it; nil answers 404.
+	BundleEndpoint http.Handler
+	Verifier       *identity.Verifier
+	Decider        policy.Decider
 	// Sessions lists the gateway's live MQTT sessions; nil means none.
 	Sessions func() []brokerview.Session
 	// SVIDTTL is the lifetime of signed SVIDs; zero means DefaultSVIDTTL.
@@ -141,8 +159,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("api: TLS config is required (the API has no plaintext mode)")
 	case cfg.Registry == nil:
 		return nil, errors.New("api: registry is required")
-	case cfg.CA == nil:
-		return nil, errors.New("api: CA is required")
+	case cfg.CA == nil && cfg.TrustDomain.IsZero():
+		return nil, errors.New("api: a trust domain is required when there is no CA")
+	case cfg.CA != nil && !cfg.TrustDomain.IsZero() && cfg.CA.TrustDomain() != cfg.TrustDomain:
+		return nil, fmt.Errorf("api: the CA is of trust domain %q, not %q", cfg.CA.TrustDomain(), cfg.TrustDomain)
 	case cfg.Verifier == nil:
 		return nil, errors.New("api: verifier is required")
 	case cfg.Decider == nil:
@@ -157,6 +177,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("api: negative renewal rate %v", cfg.RenewRate)
 	case cfg.RenewBurst < 0:
 		return nil, fmt.Errorf("api: negative renewal burst %d", cfg.RenewBurst)
+	}
+	if cfg.TrustDomain.IsZero() {
+		cfg.TrustDomain = cfg.CA.TrustDomain()
 	}
 	if cfg.SVIDTTL == 0 {
 		cfg.SVIDTTL = DefaultSVIDTTL
@@ -370,13 +393,19 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
-	var out http.ResponseWriter = rec
-	if pattern == "" {
-		// ServeMux answers unknown paths and methods in plain text.
-		out = &jsonErrors{ResponseWriter: rec}
+	if rt != nil && rt.signs && s.cfg.CA == nil {
+		// After the caller is known and authorized, so that the answer
+		// (which names the identity source) goes only to who may ask.
+		writeError(rec, http.StatusConflict, s.noCAMessage())
+	} else {
+		r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+		var out http.ResponseWriter = rec
+		if pattern == "" {
+			// ServeMux answers unknown paths and methods in plain text.
+			out = &jsonErrors{ResponseWriter: rec}
+		}
+		s.mux.ServeHTTP(out, r)
 	}
-	s.mux.ServeHTTP(out, r)
 
 	// A failed change by an authenticated caller is audited here unless
 	// the handler recorded it itself. Reads are not audited: the request
@@ -393,6 +422,21 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		_ = s.record(r, registry.AuditEntry{Actor: st.peer, Action: rt.action, Target: target, Result: result,
 			Detail: fmt.Sprintf("%d: %s", rec.status, rec.errorMessage())})
 	}
+}
+
+// NoCAPrefix starts the 409 answer of a signing route on a gateway without
+// a CA, so that clients can tell it from the other conflicts.
+const NoCAPrefix = "api: this gateway signs no certificates"
+
+// noCAMessage is the answer of a signing route on a gateway without CA.
+func (s *Server) noCAMessage() string {
+	src := s.cfg.IdentitySource
+	if src == "" {
+		src = "external"
+	}
+	return fmt.Sprintf(NoCAPrefix+" (identity source %s): "+
+		"its devices get their SVIDs from the PKI or SPIRE server that issues them; "+
+		"register a device's SPIFFE ID with POST /v1/devices (ztgate device register)", src)
 }
 
 // reqState is what serve learns about a request, shared with its handler

@@ -458,6 +458,7 @@ const (
 	reasonRegistryError = "registry_error" // the registry could not answer
 	reasonPolicy        = "policy"         // the policy no longer admits the session
 	reasonSVIDExpired   = "svid_expired"   // the peer's certificate chain expired
+	reasonUnverified    = "unverified"     // the peer's chain no longer verifies against the bundles
 	reasonTakeover      = "takeover"       // a new connection took the session over
 	reasonPublishDenied = "publish_denied" // MQTT 3.1.1 QoS>0 PUBLISH denied
 )

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +33,11 @@ type reevaluator struct {
 // while one runs are coalesced into a single following pass.
 //
 // For every session, connected or a persistent one kept offline:
+//   - a connected session whose peer chain no longer verifies against the
+//     verifier's bundles (a CA removed from its trust domain's bundle, a
+//     trust domain no longer served) is ended like a policy cut, MQTT 5
+//     clients getting DISCONNECT 0x87 "identity no longer verifies": call
+//     Reevaluate after a bundle change too;
 //   - a session whose CONNECT would now be refused (the "connect" decision,
 //     or while connected its Last Will) is ended: MQTT 5 clients get
 //     DISCONNECT 0x87, MQTT 3.1.1 connections are closed;
@@ -85,7 +92,7 @@ func (g *Gateway) runReevaluations() {
 // subscription and in-flight stores are copied before anything is decided.
 func (g *Gateway) reevaluateAll(reason string) {
 	start := time.Now()
-	var sessions, cut, subs, msgs int
+	var sessions, cut, unverified, subs, msgs int
 	g.sessions.Range(func(_, v any) bool {
 		if g.ctx.Err() != nil {
 			return false // closing: every session is being ended anyway
@@ -95,6 +102,17 @@ func (g *Gateway) reevaluateAll(reason string) {
 			return true
 		}
 		sessions++
+		if err := g.reverify(s); err != nil {
+			unverified++
+			g.log.Info("gateway: peer identity no longer verifies", "spiffe_id", s.spiffeID,
+				"client_id", s.clientID, "err", err)
+			s.deny()
+			if g.kick(s, codeUnverified, reasonUnverified) {
+				cut++
+			}
+			g.cutSession(s, reasonUnverified)
+			return true
+		}
 		if !g.admitted(s) {
 			s.deny()
 			if g.kick(s, packets.ErrNotAuthorized, reasonPolicy) {
@@ -109,8 +127,37 @@ func (g *Gateway) reevaluateAll(reason string) {
 		return true
 	})
 	g.log.Info("gateway: sessions re-evaluated", "reason", reason, "sessions", sessions,
-		"disconnected", cut, "subscriptions_removed", subs, "messages_dropped", msgs,
+		"disconnected", cut, "unverified", unverified, "subscriptions_removed", subs, "messages_dropped", msgs,
 		"took", time.Since(start).String())
+}
+
+// codeUnverified is the DISCONNECT reason of a connection whose peer chain
+// no longer verifies against the trust bundles (a CA removed from a bundle,
+// a federation dropped): 0x87, as for a policy cut, since the identity the
+// connection was admitted with is no longer one the gateway trusts.
+var codeUnverified = packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "identity no longer verifies"}
+
+// reverify verifies the chain s's connection was made with against the
+// bundles of now. The handshake verified it against those of then; a
+// bundle that has lost the chain's CA since must end the connection, not
+// only refuse the next one.
+//
+// A session that is not connected has no chain to hold it to: its next
+// CONNECT is verified. Nor is a chain past its expiry reported: the
+// session's expiry timer ends that connection with its own reason, which
+// tells the client to renew rather than give up.
+func (g *Gateway) reverify(s *session) error {
+	if !s.life.load().connected() || !g.now().Before(s.notAfter) {
+		return nil
+	}
+	cs, ok := connState(s.cl.Net.Conn)
+	if !ok {
+		return errors.New("gateway: not a TLS connection")
+	}
+	if _, err := g.verifier.VerifyPeer(cs); err != nil {
+		return fmt.Errorf("gateway: re-verify peer chain: %w", err)
+	}
+	return nil
 }
 
 // prune removes what s may no longer hold: subscriptions the policy would

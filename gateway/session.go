@@ -202,7 +202,8 @@ func (g *Gateway) refresh(s *session) (why string, changed bool) {
 //   - A revoked or deleted device's session ends (dropSession): revocation
 //     is final, and a deleted device that is enrolled again is a new one.
 //   - A suspended (or otherwise inactive) device's session, or one the
-//     policy no longer admits, is detached (detachSession): nothing is
+//     policy no longer admits or whose chain no longer verifies, is
+//     detached (detachSession): nothing is
 //     routed to it, and what it holds stays for the device to resume,
 //     pruned to the policy of that moment, with its subscriptions back in
 //     the index. Dropping it would do too, but a device that resumes
@@ -215,7 +216,7 @@ func (g *Gateway) cutSession(s *session, why string) {
 	switch why {
 	case reasonRevoked, reasonDeleted:
 		g.dropSession(s)
-	case reasonSuspended, reasonInactive, reasonPolicy:
+	case reasonSuspended, reasonInactive, reasonPolicy, reasonUnverified:
 		g.detachSession(s)
 	}
 }

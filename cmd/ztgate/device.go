@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -33,6 +34,7 @@ ZTGATE_ADMIN_DIR); the defaults are those of "ztgate dev".`,
 	f.register(cmd)
 	cmd.AddCommand(
 		c.newEnrollCmd(f),
+		c.newRegisterCmd(f),
 		c.newTokenCmd(f),
 		c.newListCmd(f),
 		c.newImportCmd(f),
@@ -49,6 +51,7 @@ func (c *cli) newEnrollCmd(f *apiFlags) *cobra.Command {
 		labels   []string
 		spiffeID string
 		out      string
+		ttl      time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "enroll NAME",
@@ -59,11 +62,15 @@ Writes OUT/svid.pem (certificate chain), OUT/svid.key and OUT/bundle.pem (the CA
 bundle that verifies the gateway). Enrolling a device that already exists just
 issues it a new SVID (its labels are left unchanged).
 
+The SVID lives for the gateway's svid_ttl, or for --ttl (at least 10s, at most
+svid_ttl); "ztgate renew" keeps that lifetime when it renews the SVID.
+
 Names: lower-case letters, digits, '.', '_' and '-', starting with a letter or
 digit, at most 63 characters, no "..". The default SPIFFE ID is
 spiffe://TRUST-DOMAIN/device/NAME.`,
 		Example: `  ztgate device enroll sensor-1 --out ./sensor-1
-  ztgate device enroll ctl-1 --label role=controller --out ./ctl-1`,
+  ztgate device enroll ctl-1 --label role=controller --out ./ctl-1
+  ztgate device enroll pump-7 --ttl 1h --out ./pump-7`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
@@ -79,6 +86,11 @@ spiffe://TRUST-DOMAIN/device/NAME.`,
 					return fmt.Errorf("--spiffe-id %q: %w", spiffeID, err)
 				}
 			}
+			// Checked here so that nothing is created for a lifetime the
+			// API refuses anyway; the upper bound is the gateway's.
+			if cmd.Flags().Changed("ttl") && ttl < api.MinSVIDTTL {
+				return fmt.Errorf("--ttl %s: want at least %s (and at most the gateway's svid_ttl)", ttl, api.MinSVIDTTL)
+			}
 			if out == "" {
 				out = "." + string(filepath.Separator) + name
 			}
@@ -91,6 +103,7 @@ spiffe://TRUST-DOMAIN/device/NAME.`,
 			var dev api.Device
 			err = client.do(ctx, http.MethodPost, "/v1/devices", api.CreateDeviceRequest{Name: name, SPIFFEID: spiffeID, Labels: lbl}, &dev)
 			var ae *apiError
+			created := false
 			switch {
 			case errors.As(err, &ae) && ae.Status == http.StatusConflict:
 				if err := client.do(ctx, http.MethodGet, devicePath(name), nil, &dev); err != nil {
@@ -103,16 +116,33 @@ spiffe://TRUST-DOMAIN/device/NAME.`,
 			case err != nil:
 				return err
 			default:
-				fmt.Fprintf(c.stdout, "enrolled device %s\n", name)
+				created = true
 			}
 
 			keyPEM, csrPEM, err := identity.NewKeyAndCSR()
 			if err != nil {
 				return err
 			}
+			req := api.SVIDRequest{CSR: string(csrPEM)}
+			if ttl > 0 {
+				req.TTL = ttl.String()
+			}
 			var svid api.SVIDResponse
-			if err := client.do(ctx, http.MethodPost, devicePath(name)+"/svid", api.SVIDRequest{CSR: string(csrPEM)}, &svid); err != nil {
+			err = client.do(ctx, http.MethodPost, devicePath(name)+"/svid", req, &svid)
+			if errors.As(err, &ae) && ae.Status == http.StatusConflict && strings.HasPrefix(ae.Message, api.NoCAPrefix) {
+				if created {
+					// What is left is what `device register` makes: say so
+					// rather than leave a half-done enrollment unexplained.
+					return fmt.Errorf("device %s is registered as %s, but this gateway signs no certificates: "+
+						"give the device an SVID from your PKI or SPIRE (on such gateways `ztgate device register` is the command)", name, dev.SPIFFEID)
+				}
 				return err
+			}
+			if err != nil {
+				return err
+			}
+			if created {
+				fmt.Fprintf(c.stdout, "enrolled device %s\n", name)
 			}
 			if err := identity.WriteSVIDDir(out, []byte(svid.SVIDPEM), keyPEM, []byte(svid.BundlePEM)); err != nil {
 				return err
@@ -130,6 +160,7 @@ spiffe://TRUST-DOMAIN/device/NAME.`,
 	fl.StringArrayVar(&labels, "label", nil, "label key=value (repeatable), e.g. role=controller")
 	fl.StringVar(&spiffeID, "spiffe-id", "", "SPIFFE ID (default spiffe://TRUST-DOMAIN/device/NAME)")
 	fl.StringVar(&out, "out", "", "directory to write svid.pem, svid.key and bundle.pem to (default ./NAME)")
+	fl.DurationVar(&ttl, "ttl", 0, "lifetime of the SVID, at least 10s, at most the gateway's svid_ttl (default svid_ttl)")
 	return cmd
 }
 

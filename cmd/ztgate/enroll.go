@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ztgate/ztgate/api"
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/registry"
 )
@@ -60,7 +61,7 @@ for a new token of a pending device replaces its old one.`,
 			req := tokenRequest{Name: name, TTL: ttl.String(), Labels: lbl}
 			err = client.do(cmd.Context(), http.MethodPost, "/v1/tokens", req, &tok)
 			var ae *apiError
-			if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+			if errors.As(err, &ae) && ae.Status == http.StatusConflict && !strings.HasPrefix(ae.Message, api.NoCAPrefix) {
 				// A new token cannot re-enroll a device that has one:
 				// say what can.
 				return fmt.Errorf("%w; a device that lost its enrollment answer reruns `ztgate enroll` with the same token and --out "+
@@ -100,8 +101,9 @@ certificate (https://localhost:8443 for a local gateway) to have the name
 checked as well.
 
 Writes OUT/svid.pem (certificate chain), OUT/svid.key and OUT/bundle.pem (the
-CA bundle that verifies the gateway). The token is read from --token or the
-environment variable ZTGATE_TOKEN.
+CA bundle that verifies the gateway), and OUT/api.url (the --api URL, which
+"ztgate renew --dir OUT" renews through). The token is read from --token or
+the environment variable ZTGATE_TOKEN.
 
 The key is written to OUT/enroll.key before the token is sent, and removed
 once the SVID is written. If the answer is lost (the connection drops, the
@@ -174,6 +176,12 @@ an SVID again while the token has not expired.`,
 				return err
 			}
 			key.done()
+			// The device reaches the API by this URL, which an admin's
+			// view of it may not be: `ztgate renew --dir OUT` renews
+			// through it. The SVID is in place either way.
+			if err := recordAPIURL(out, u.String()); err != nil {
+				fmt.Fprintf(c.stderr, "ztgate: warning: %v; give `ztgate renew` the API with --api\n", err)
+			}
 			fmt.Fprintf(c.stdout, "enrolled as %s\n", svid.SPIFFEID)
 			if !svid.ExpiresAt.IsZero() {
 				fmt.Fprintf(c.stdout, "expires:   %s\n", svid.ExpiresAt.UTC().Format(time.RFC3339))

@@ -136,8 +136,8 @@ func TestEnrollRetryAfterLostAnswer(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if strings.Join(names, " ") != "bundle.pem svid.key svid.pem" {
-		t.Errorf("%s holds %v after the enrollment, want exactly the SVID files", out, names)
+	if strings.Join(names, " ") != "api.url bundle.pem svid.key svid.pem" {
+		t.Errorf("%s holds %v after the enrollment, want exactly the SVID files and the API's URL", out, names)
 	}
 	// Once done, the key is no longer kept for the token: running again
 	// makes a new key, which the used token does not take.

@@ -48,13 +48,13 @@ Last Will is decided by Open Policy Agent (Rego) policy. Default deny.
 Run a gateway with "ztgate dev" (local, everything created for you) or
 "ztgate serve --config FILE"; manage it with "ztgate device ...",
 "ztgate policy ..." and "ztgate audit". On a device, "ztgate enroll" turns a
-bootstrap token into an SVID.`,
+bootstrap token into an SVID and "ztgate renew" keeps it fresh.`,
 		SilenceUsage:      true,
 		SilenceErrors:     true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	root.AddCommand(c.newDevCmd(), c.newServeCmd(), c.newDeviceCmd(), c.newBootstrapEnrollCmd(),
-		c.newAuditCmd(), c.newPolicyCmd(), c.newBenchCmd())
+		c.newAuditCmd(), c.newPolicyCmd(), c.newBenchCmd(), c.newRenewCmd())
 	return root
 }
 

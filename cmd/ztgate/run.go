@@ -92,6 +92,23 @@ func (c *cli) newServeCmd() *cobra.Command {
   storage:
     enabled: true           # keep sessions, retained messages, delayed wills in DATA_DIR/broker.db
     fsync: false            # true: fsync before acknowledging (survives power loss)
+  identity:
+    source: builtin         # builtin | files | workload_api
+    ca_dir: ""              # builtin: the CA's directory (empty: DATA_DIR/ca)
+    cert_file: ""           # files: the serving certificate chain (PEM), reloaded on change
+    key_file: ""            # files: its private key
+    bundle_file: ""         # files: the trust domain's CA certificates (PEM)
+    workload_api_socket: "" # workload_api: e.g. unix:///run/spire/agent.sock
+    bootstrap_admins: []    # SPIFFE IDs registered active with role=admin at start if absent
+  federation:
+    bundle_endpoint: true   # serve the own bundle at GET /v1/bundle
+    bundle_refresh_hint: 5m
+    trust_domains: []       # partners: trust_domain, url, profile (https_web | https_spiffe),
+                            # endpoint_spiffe_id, bundle_file, ca_file, refresh_interval
+
+With identity.source files or workload_api the gateway signs nothing: devices
+are registered with "ztgate device register" and the first admin is one of
+bootstrap_admins. ztgate.example.yaml documents every key.
 
 An unknown key is an error. Serves until interrupted (SIGINT or SIGTERM).`,
 		Args: cobra.NoArgs,

@@ -17,6 +17,8 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/identity/svidrenew"
 	"github.com/ztgate/ztgate/internal/app"
 	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
@@ -181,22 +183,22 @@ func TestRenewalKeepsSessionWithoutLoss(t *testing.T) {
 	}
 
 	cur := d.svids.current()
-	if cur.serial() == first.serial() {
-		t.Fatalf("SVID serial unchanged (%s): no renewal happened", cur.serial())
+	if cur.Serial() == first.Serial() {
+		t.Fatalf("SVID serial unchanged (%s): no renewal happened", cur.Serial())
 	}
-	if cur.id.String() != dev.ID {
-		t.Fatalf("renewed SVID is for %s, want %s", cur.id, dev.ID)
+	if cur.ID.String() != dev.ID {
+		t.Fatalf("renewed SVID is for %s, want %s", cur.ID, dev.ID)
 	}
-	if lifetime := cur.leaf().NotAfter.Sub(cur.obtained); lifetime > ttl {
+	if lifetime := cur.Leaf().NotAfter.Sub(cur.Obtained); lifetime > ttl {
 		t.Fatalf("renewed SVID lives %s, want at most the gateway's %s", lifetime, ttl)
 	}
 	// The directory holds the current SVID, as a pair that loads.
-	onDisk, err := loadSVID(dir)
+	onDisk, err := svidrenew.LoadDir(dir)
 	if err != nil {
 		t.Fatalf("SVID directory after renewal: %v", err)
 	}
-	if onDisk.serial() != cur.serial() {
-		t.Fatalf("svid.pem holds serial %s, the device uses %s", onDisk.serial(), cur.serial())
+	if onDisk.Serial() != cur.Serial() {
+		t.Fatalf("svid.pem holds serial %s, the device uses %s", onDisk.Serial(), cur.Serial())
 	}
 	renewals := strings.Count(logs.String(), "msg=\"SVID renewed\"")
 	if renewals < 2 {
@@ -228,7 +230,7 @@ func TestRenewRefusedWhileSuspended(t *testing.T) {
 	g := testutil.Start(t, withSVIDTTL(time.Hour))
 	dir := g.Enroll(t, "sensor-1", nil).Dir
 	d, _ := newTestDevice(t, options{svidDir: dir, broker: g.MQTTAddr, api: g.APIURL, interval: time.Second})
-	before, err := os.ReadFile(filepath.Join(dir, svidFile))
+	before, err := os.ReadFile(filepath.Join(dir, identity.SVIDFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +245,7 @@ func TestRenewRefusedWhileSuspended(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), "suspended") {
 		t.Fatalf("renewal while suspended: err = %v, want a 403 naming the suspension", err)
 	}
-	after, err := os.ReadFile(filepath.Join(dir, svidFile))
+	after, err := os.ReadFile(filepath.Join(dir, identity.SVIDFile))
 	if err != nil || !bytes.Equal(before, after) || d.svids.current() != first {
 		t.Fatalf("a refused renewal changed the SVID (%v)", err)
 	}
@@ -256,11 +258,11 @@ func TestRenewRefusedWhileSuspended(t *testing.T) {
 	if err != nil {
 		t.Fatalf("renewal once resumed: %v", err)
 	}
-	if next.serial() == first.serial() || d.svids.current() != next {
+	if next.Serial() == first.Serial() || d.svids.current() != next {
 		t.Fatal("renewal did not replace the current SVID")
 	}
-	onDisk, err := loadSVID(dir)
-	if err != nil || onDisk.serial() != next.serial() {
+	onDisk, err := svidrenew.LoadDir(dir)
+	if err != nil || onDisk.Serial() != next.Serial() {
 		t.Fatalf("SVID directory after renewal: %v", err)
 	}
 }
@@ -279,7 +281,7 @@ func TestRenewalFailureRetriesPastExpiry(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		d.renew.run(ctx, func(*svid) { t.Error("renewed without an API") })
+		d.renew.run(ctx, func(*svidrenew.SVID) { t.Error("renewed without an API") })
 	}()
 	defer func() {
 		cancel()
@@ -300,8 +302,8 @@ func TestRenewalFailureRetriesPastExpiry(t *testing.T) {
 	if !strings.Contains(out, "SVID renewal failed; retrying") {
 		t.Fatalf("no retry reported before expiry:\n%s", out)
 	}
-	if time.Now().Before(first.leaf().NotAfter) {
-		t.Fatalf("expiry reported before the SVID expired (%s)", first.leaf().NotAfter)
+	if time.Now().Before(first.Leaf().NotAfter) {
+		t.Fatalf("expiry reported before the SVID expired (%s)", first.Leaf().NotAfter)
 	}
 	if d.svids.current() != first {
 		t.Fatal("the SVID changed without a renewal")

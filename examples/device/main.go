@@ -12,7 +12,8 @@
 // the new SVID, resuming the same session so that no QoS 1 command is lost.
 //
 // It is meant to be copied: it depends only on the standard library,
-// paho.golang and go-spiffe.
+// paho.golang and ztgate's svidrenew package (which renews the SVID the
+// same way `ztgate renew` does).
 package main
 
 import (
@@ -34,6 +35,8 @@ import (
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/ztgate/ztgate/identity/svidrenew"
 )
 
 func main() {
@@ -127,7 +130,7 @@ func newDevice(opts options, log *slog.Logger) (*device, error) {
 	sv := svids.current()
 	name := opts.name
 	if name == "" {
-		name = path.Base(sv.id.Path())
+		name = path.Base(sv.ID.Path())
 	}
 	if err := checkName(name); err != nil {
 		return nil, err
@@ -142,12 +145,12 @@ func newDevice(opts options, log *slog.Logger) (*device, error) {
 		conns:  &conns{tls: tlsCfg},
 	}
 	if opts.api != "" {
-		if d.renew, err = newRenewer(opts.api, tlsCfg, svids, log); err != nil {
+		if d.renew, err = newRenewer(opts.api, svids, log); err != nil {
 			return nil, err
 		}
 	}
-	log.Info("loaded SVID", "spiffe_id", sv.id.String(), "serial", sv.serial(),
-		"expires_at", sv.leaf().NotAfter.UTC(), "broker", opts.broker)
+	log.Info("loaded SVID", "spiffe_id", sv.ID.String(), "serial", sv.Serial(),
+		"expires_at", sv.Leaf().NotAfter.UTC(), "broker", opts.broker)
 	return d, nil
 }
 
@@ -177,7 +180,7 @@ func (d *device) run(ctx context.Context) error {
 		// The gateway sends this if the device vanishes without a DISCONNECT.
 		WillMessage: &paho.WillMessage{Topic: topics.state, Payload: []byte("offline"), QoS: 1, Retain: true},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ca *paho.Connack) {
-			log.Info("connected", "session_present", ca.SessionPresent, "svid_serial", d.svids.current().serial())
+			log.Info("connected", "session_present", ca.SessionPresent, "svid_serial", d.svids.current().Serial())
 			// OnConnectionUp must not block.
 			go announce(connCtx, cm, topics, log)
 		},
@@ -266,9 +269,9 @@ func (d *device) run(ctx context.Context) error {
 
 // renewed switches the MQTT connection to a new SVID: the current
 // connection ends cleanly and autopaho's reconnect presents the new one.
-func (d *device) renewed(sv *svid) {
+func (d *device) renewed(sv *svidrenew.SVID) {
 	restarted := d.conns.restart()
-	d.log.Info("SVID renewed", "serial", sv.serial(), "expires_at", sv.leaf().NotAfter.UTC(),
+	d.log.Info("SVID renewed", "serial", sv.Serial(), "expires_at", sv.Leaf().NotAfter.UTC(),
 		"reconnecting", restarted)
 }
 

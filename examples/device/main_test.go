@@ -163,8 +163,8 @@ func TestLoadSVIDDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	sv := store.current()
-	if sv.id.String() != "spiffe://example.org/device/sensor-1" {
-		t.Fatalf("id = %s", sv.id)
+	if sv.ID.String() != "spiffe://example.org/device/sensor-1" {
+		t.Fatalf("id = %s", sv.ID)
 	}
 	if cfg.ServerName != "localhost" || cfg.MinVersion != tls.VersionTLS12 || cfg.RootCAs == nil {
 		t.Fatalf("unexpected TLS config: %+v", cfg)
@@ -181,14 +181,14 @@ func TestLoadSVIDDir(t *testing.T) {
 	if err != nil || len(got.Certificate) != 2 || !bytes.Equal(got.Certificate[0], leafDER) || got.Leaf == nil {
 		t.Fatalf("GetClientCertificate = %v, %v; want the SVID chain with its leaf parsed", got, err)
 	}
-	if fi, err := os.Stat(filepath.Join(dir, "svid.pem")); err != nil || !sv.obtained.Equal(fi.ModTime()) {
-		t.Fatalf("obtained = %s, want the modification time of svid.pem (%v)", sv.obtained, err)
+	if fi, err := os.Stat(filepath.Join(dir, "svid.pem")); err != nil || !sv.Obtained.Equal(fi.ModTime()) {
+		t.Fatalf("obtained = %s, want the modification time of svid.pem (%v)", sv.Obtained, err)
 	}
 
 	// A bundle with no certificate is refused, not silently replaced by the
 	// system roots.
 	write("bundle.pem", []byte("not a certificate\n"))
-	if _, _, err := loadSVIDDir(dir, "localhost"); err == nil || !strings.Contains(err.Error(), "no certificates") {
+	if _, _, err := loadSVIDDir(dir, "localhost"); err == nil || !strings.Contains(err.Error(), "no CA certificate") {
 		t.Fatalf("empty bundle: err = %v", err)
 	}
 	if _, _, err := loadSVIDDir(t.TempDir(), "localhost"); err == nil {

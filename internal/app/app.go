@@ -63,7 +63,9 @@ type App struct {
 	adminDir  string
 	policyDir string
 
-	ca       *identity.CA
+	ca       *identity.CA // nil unless the identity source is builtin
+	src      identity.Source
+	fed      *identity.Federation // nil without a partner fetched from a bundle endpoint
 	verifier *identity.Verifier
 	reg      *registry.Store
 	engine   *policy.Engine
@@ -110,22 +112,41 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("app: data dir: %w", err)
 	}
-	a.adminDir = filepath.Join(cfg.DataDir, "admin")
 
-	if a.ca, err = identity.LoadOrCreateCA(filepath.Join(cfg.DataDir, "ca"), a.td); err != nil {
+	// The source is the bundle source of the own trust domain, asked at
+	// every verification, and the federation (or, for partners SPIRE
+	// federates, the Workload API) that of each partner's.
+	if err := a.openSource(ctx); err != nil {
+		return nil, err
+	}
+	router, err := a.openFederation()
+	if err != nil {
+		return nil, err
+	}
+	if a.verifier, err = identity.NewVerifierFromSource(router, cfg.ServedTrustDomains()...); err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}
-	// The CA is the bundle source of the trust domain, asked at every
-	// verification; files or the Workload API can replace it behind
-	// the same interface.
-	if a.verifier, err = identity.NewVerifierFromSource(a.ca, a.td); err != nil {
-		return nil, fmt.Errorf("app: %w", err)
+	// The background goroutines (federation refreshers, watchers) run
+	// until Close; the refreshers start now, so that a partner's bundle
+	// may be there by the time the listeners open.
+	bg, stop := context.WithCancel(context.Background())
+	a.stop = stop
+	if a.fed != nil {
+		a.fed.Start(bg)
 	}
 
 	if a.reg, err = registry.Open(filepath.Join(cfg.DataDir, "registry.db")); err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}
-	if err := a.ensureAdmin(); err != nil {
+	// Only the built-in CA can sign the dev admin's SVID; with an external
+	// PKI or SPIRE, the first admin is one of theirs (bootstrap_admins).
+	if a.ca != nil {
+		a.adminDir = filepath.Join(cfg.DataDir, "admin")
+		if err := a.ensureAdmin(); err != nil {
+			return nil, err
+		}
+	}
+	if err := a.ensureBootstrapAdmins(); err != nil {
 		return nil, err
 	}
 
@@ -192,14 +213,9 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		}
 	}
 
-	certs, err := identity.NewServingCertSource(a.ca, spiffeid.RequireFromPath(a.td, ServerIDPath), cfg.ServerNames, a.log)
-	if err != nil {
-		return nil, fmt.Errorf("app: %w", err)
-	}
-
 	gw, err := gateway.New(gateway.Config{
 		Addr:     cfg.MQTTAddr,
-		TLS:      certs.ServerTLSConfig(a.verifier),
+		TLS:      identity.ServerTLSConfigFromSource(a.src, a.verifier),
 		Verifier: a.verifier,
 		Registry: a.reg,
 		Decider:  a.decider,
@@ -224,19 +240,28 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		return nil, listenError("MQTT", cfg.MQTTAddr, err)
 	}
 
+	bundleEndpoint, err := a.bundleEndpoint()
+	if err != nil {
+		return nil, err
+	}
+	served := cfg.ServedTrustDomains()
 	srv, err := api.New(api.Config{
-		Addr:     cfg.APIAddr,
-		TLS:      certs.APIServerTLSConfig(a.verifier),
-		Registry: a.reg,
-		CA:       a.ca,
-		Verifier: a.verifier,
-		Decider:  a.decider,
-		Policy:   a.engine,
-		Ready:    a.ready,
-		Sessions: gw.Sessions,
-		SVIDTTL:  cfg.SVIDTTL,
-		Logger:   a.log,
-		Metrics:  a.prom,
+		Addr:           cfg.APIAddr,
+		TLS:            identity.APIServerTLSConfigFromSource(a.src, a.verifier),
+		Registry:       a.reg,
+		CA:             a.ca,
+		TrustDomain:    a.td,
+		TrustDomains:   func() []spiffeid.TrustDomain { return served },
+		IdentitySource: cfg.Identity.Source,
+		BundleEndpoint: bundleEndpoint,
+		Verifier:       a.verifier,
+		Decider:        a.decider,
+		Policy:         a.engine,
+		Ready:          a.ready,
+		Sessions:       gw.Sessions,
+		SVIDTTL:        cfg.SVIDTTL,
+		Logger:         a.log,
+		Metrics:        a.prom,
 
 		ListRetained: func(filter string, limit int) ([]brokerview.RetainedMessage, error) {
 			return gw.RetainedMessages(filter, limit), nil
@@ -251,8 +276,6 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		return nil, listenError("API", cfg.APIAddr, err)
 	}
 
-	bg, stop := context.WithCancel(context.Background())
-	a.stop = stop
 	if cfg.PolicyWatch {
 		a.wg.Add(1)
 		go func() {
@@ -267,9 +290,14 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		defer a.wg.Done()
 		a.watchRegistry(bg)
 	}()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.watchIdentity(bg)
+	}()
 
 	a.log.Info("ztgate started", "mqtt", a.MQTTAddr().String(), "api", a.APIAddr().String(),
-		"trust_domain", a.td.Name(), "data_dir", cfg.DataDir, "policy_dir", a.policyDir,
+		"trust_domain", a.td.Name(), "identity_source", cfg.Identity.Source, "data_dir", cfg.DataDir, "policy_dir", a.policyDir,
 		"policy_revision", a.engine.Revision())
 	return a, nil
 }
@@ -497,16 +525,22 @@ func (a *App) APIAddr() net.Addr { return a.api.Addr() }
 func (a *App) APIURL() string { return "https://" + dialable(a.APIAddr()) }
 
 // AdminDir is the directory holding the dev admin SVID (svid.pem, svid.key,
-// bundle.pem).
+// bundle.pem); "" unless the identity source is builtin.
 func (a *App) AdminDir() string { return a.adminDir }
 
 // TrustDomain is the trust domain the app serves.
 func (a *App) TrustDomain() spiffeid.TrustDomain { return a.td }
 
-// CA is the built-in certificate authority.
+// CA is the built-in certificate authority; nil unless the identity source
+// is builtin (the gateway then signs nothing).
 func (a *App) CA() *identity.CA { return a.ca }
 
-// Verifier verifies peer SVIDs against the CA's bundle.
+// Source is the identity source: the gateway's serving SVID and its own
+// trust domain's bundle.
+func (a *App) Source() identity.Source { return a.src }
+
+// Verifier verifies peer SVIDs against the bundles of the served trust
+// domains.
 func (a *App) Verifier() *identity.Verifier { return a.verifier }
 
 // Registry is the device registry.
@@ -543,9 +577,10 @@ func (a *App) DecisionLog() *decisionlog.Logger { return a.dlog }
 func (a *App) API() *api.Server { return a.api }
 
 // Close stops the background watchers, the API, then the gateway, flushes
-// the decision log and closes the registry, so no request or session
-// outlives the store it reads and every decision made is logged. It is safe
-// to call more than once.
+// the decision log and closes the registry, then the federation and the
+// identity source, so no request or session outlives the store it reads or
+// the bundles it is verified with, and every decision made is logged. It
+// is safe to call more than once.
 func (a *App) Close() error {
 	a.closeOnce.Do(func() {
 		var errs []error
@@ -577,6 +612,17 @@ func (a *App) Close() error {
 		if a.reg != nil {
 			if err := a.reg.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("app: close registry: %w", err))
+			}
+		}
+		// Last: the listeners asked them at every handshake.
+		if a.fed != nil {
+			if err := a.fed.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close federation: %w", err))
+			}
+		}
+		if a.src != nil {
+			if err := a.src.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close identity source: %w", err))
 			}
 		}
 		a.closeErr = errors.Join(errs...)

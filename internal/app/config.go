@@ -8,18 +8,22 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"gopkg.in/yaml.v3"
 
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/gateway"
+	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/policy"
 )
 
@@ -50,8 +54,10 @@ const (
 // Config is everything needed to run a ztgate. Its YAML form is the file of
 // `ztgate serve --config`; every flag of `ztgate dev` has a key here.
 type Config struct {
-	// DataDir holds the CA (ca/), the registry (registry.db), the broker
-	// state (broker.db, see Storage) and the dev admin identity (admin/).
+	// DataDir holds the built-in CA (ca/, unless identity.ca_dir says
+	// otherwise), the registry (registry.db), the broker state (broker.db,
+	// see Storage), the dev admin identity (admin/, builtin source only)
+	// and the federated bundles (federation/).
 	DataDir string `yaml:"data_dir"`
 	// MQTTAddr is the mTLS MQTT listener (host:port; port 0 picks one).
 	MQTTAddr string `yaml:"mqtt_addr"`
@@ -65,7 +71,9 @@ type Config struct {
 	PolicyDir string `yaml:"policy_dir"`
 	// PolicyWatch reloads the policy directory when a file in it changes.
 	PolicyWatch bool `yaml:"policy_watch"`
-	// TrustDomain is the SPIFFE trust domain the built-in CA serves.
+	// TrustDomain is the gateway's own SPIFFE trust domain: the built-in
+	// CA's, or the one the serving SVID of the files or Workload API
+	// source must be in.
 	TrustDomain string `yaml:"trust_domain"`
 	// ServerNames are extra DNS names or IP addresses on the serving
 	// certificate; localhost, 127.0.0.1 and ::1 are always on it.
@@ -98,10 +106,101 @@ type Config struct {
 	// Storage keeps the broker's state (persistent sessions, retained
 	// messages, delayed wills) in DataDir/broker.db across restarts.
 	Storage StorageConfig `yaml:"storage"`
+	// Identity is where the gateway's own SVID and its trust domain's
+	// bundle come from, and who administers it from the start.
+	Identity IdentityConfig `yaml:"identity"`
+	// Federation is the partner trust domains whose SVIDs the gateway
+	// accepts, and the bundle endpoint it serves for its own.
+	Federation FederationConfig `yaml:"federation"`
 
 	// Logger, when set, is used instead of one built from LogLevel and
 	// LogFormat. It cannot be set from a file.
 	Logger *slog.Logger `yaml:"-"`
+}
+
+// The identity sources (IdentityConfig.Source).
+const (
+	// IdentityBuiltin is the built-in CA: it signs the gateway's serving
+	// certificate and the devices' SVIDs.
+	IdentityBuiltin = "builtin"
+	// IdentityFiles is an operator's PKI: the serving certificate, its key
+	// and the trust bundle in files, watched and reloaded. Nothing is
+	// signed by the gateway.
+	IdentityFiles = "files"
+	// IdentityWorkloadAPI is a SPIRE agent (or any SPIFFE Workload API):
+	// the serving SVID and the bundles are pushed by it. Nothing is signed
+	// by the gateway.
+	IdentityWorkloadAPI = "workload_api"
+)
+
+// The bundle endpoint profiles (FederatedDomainConfig.Profile).
+const (
+	ProfileHTTPSWeb    = identity.ProfileHTTPSWeb
+	ProfileHTTPSSPIFFE = identity.ProfileHTTPSSPIFFE
+)
+
+// DefaultBundleRefreshHint is the refresh hint of the bundle the gateway
+// serves at GET /v1/bundle.
+const DefaultBundleRefreshHint = 5 * time.Minute
+
+// IdentityConfig is the identity: section. Relative paths are relative to
+// the working directory, as data_dir and policy_dir are.
+type IdentityConfig struct {
+	// Source is builtin, files or workload_api.
+	Source string `yaml:"source"`
+	// CADir is the built-in CA's directory; empty: DataDir/ca. Created if
+	// missing. builtin only.
+	CADir string `yaml:"ca_dir"`
+	// CertFile is the gateway's serving certificate chain in PEM, leaf
+	// first; KeyFile its private key; BundleFile the CA certificates of
+	// the trust domain. files only, all three required.
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	BundleFile string `yaml:"bundle_file"`
+	// WorkloadAPISocket is the Workload API address, e.g.
+	// unix:///run/spire/agent.sock. workload_api only, required.
+	WorkloadAPISocket string `yaml:"workload_api_socket"`
+	// BootstrapAdmins are SPIFFE IDs registered at start, active with the
+	// label role=admin, unless a device with that ID exists already.
+	BootstrapAdmins []string `yaml:"bootstrap_admins"`
+}
+
+// FederationConfig is the federation: section.
+type FederationConfig struct {
+	// BundleEndpoint serves GET /v1/bundle (the own trust domain's SPIFFE
+	// bundle) on the API listener; nil means true.
+	BundleEndpoint *bool `yaml:"bundle_endpoint"`
+	// BundleRefreshHint is the refresh hint in the served bundle.
+	BundleRefreshHint time.Duration `yaml:"bundle_refresh_hint"`
+	// TrustDomains are the partner trust domains whose SVIDs are accepted.
+	TrustDomains []FederatedDomainConfig `yaml:"trust_domains"`
+}
+
+// BundleEndpointOn reports whether GET /v1/bundle is served.
+func (f FederationConfig) BundleEndpointOn() bool {
+	return f.BundleEndpoint == nil || *f.BundleEndpoint
+}
+
+// FederatedDomainConfig is one partner trust domain.
+type FederatedDomainConfig struct {
+	TrustDomain string `yaml:"trust_domain"`
+	// URL is the partner's SPIFFE bundle endpoint; empty only with the
+	// workload_api source, whose agent hands over the partner's bundle.
+	URL string `yaml:"url"`
+	// Profile is https_web or https_spiffe.
+	Profile string `yaml:"profile"`
+	// EndpointSPIFFEID is the bundle endpoint server's SPIFFE ID, in the
+	// partner's trust domain. https_spiffe only, required.
+	EndpointSPIFFEID string `yaml:"endpoint_spiffe_id"`
+	// BundleFile is the partner's bundle to start from (PEM), which
+	// authenticates the first fetch. https_spiffe only, required.
+	BundleFile string `yaml:"bundle_file"`
+	// CAFile holds the roots the endpoint's web certificate is verified
+	// with; empty: the system roots. https_web only.
+	CAFile string `yaml:"ca_file"`
+	// RefreshInterval is how often the bundle is fetched; 0: the
+	// bundle's own refresh hint, else 5m.
+	RefreshInterval time.Duration `yaml:"refresh_interval"`
 }
 
 // DecisionLogConfig is the decision log: one JSON line per decision in the
@@ -293,6 +392,7 @@ func (d DecisionLogConfig) aggregateInterval() time.Duration {
 // `ztgate serve` with an empty file. `ztgate dev` also writes a decision log
 // (see DevDecisionLogFile).
 func DefaultConfig() Config {
+	bundleEndpoint := true
 	return Config{
 		DataDir:     DefaultDataDir,
 		MQTTAddr:    DefaultMQTTAddr,
@@ -329,6 +429,13 @@ func DefaultConfig() Config {
 		DecisionCacheMaxBytes: policy.DefaultCacheMaxBytes,
 		// A revoked identity's words should not outlive it.
 		ClearRetainedOnRevoke: true,
+		// Empty, not nil, as above.
+		Identity: IdentityConfig{Source: IdentityBuiltin, BootstrapAdmins: []string{}},
+		Federation: FederationConfig{
+			BundleEndpoint:    &bundleEndpoint,
+			BundleRefreshHint: DefaultBundleRefreshHint,
+			TrustDomains:      []FederatedDomainConfig{},
+		},
 	}
 }
 
@@ -497,6 +604,167 @@ func (c Config) validate() error {
 	}
 	if err := c.Storage.validate(); err != nil {
 		return err
+	}
+	own := spiffeid.RequireTrustDomainFromString(c.TrustDomain)
+	if err := c.Identity.validate(); err != nil {
+		return err
+	}
+	if err := c.Federation.validate(own, c.Identity.Source); err != nil {
+		return err
+	}
+	return c.Identity.validateAdmins(c.ServedTrustDomains())
+}
+
+// ServedTrustDomains are the trust domains whose SVIDs the gateway accepts:
+// its own, then the federated ones in the order of the configuration. The
+// configuration must be valid.
+func (c Config) ServedTrustDomains() []spiffeid.TrustDomain {
+	tds := []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString(c.TrustDomain)}
+	for _, fd := range c.Federation.TrustDomains {
+		tds = append(tds, spiffeid.RequireTrustDomainFromString(fd.TrustDomain))
+	}
+	return tds
+}
+
+// validate checks the source and that the keys given are the source's: a
+// key of another source would be ignored, which is never what was meant.
+func (id IdentityConfig) validate() error {
+	keys := []struct {
+		key, value, source string
+	}{
+		{"ca_dir", id.CADir, IdentityBuiltin},
+		{"cert_file", id.CertFile, IdentityFiles},
+		{"key_file", id.KeyFile, IdentityFiles},
+		{"bundle_file", id.BundleFile, IdentityFiles},
+		{"workload_api_socket", id.WorkloadAPISocket, IdentityWorkloadAPI},
+	}
+	switch id.Source {
+	case IdentityBuiltin, IdentityFiles, IdentityWorkloadAPI:
+	default:
+		return fmt.Errorf("identity.source %q: want builtin, files or workload_api", id.Source)
+	}
+	for _, k := range keys {
+		switch {
+		case k.source != id.Source && k.value != "":
+			return fmt.Errorf("identity.%s is for identity.source %s only, not %s", k.key, k.source, id.Source)
+		case k.source == id.Source && k.source != IdentityBuiltin && strings.TrimSpace(k.value) == "":
+			return fmt.Errorf("identity.%s is required with identity.source %s", k.key, id.Source)
+		}
+	}
+	if id.Source == IdentityWorkloadAPI {
+		if err := workloadapi.ValidateAddress(id.WorkloadAPISocket); err != nil {
+			return fmt.Errorf("identity.workload_api_socket %q: %w; want unix:///path/to/agent.sock or tcp://IP:PORT",
+				id.WorkloadAPISocket, err)
+		}
+	}
+	return nil
+}
+
+// validateAdmins checks that each bootstrap admin is a SPIFFE ID with a
+// path in a trust domain the gateway serves: another could never connect.
+func (id IdentityConfig) validateAdmins(served []spiffeid.TrustDomain) error {
+	seen := map[spiffeid.ID]bool{}
+	for i, raw := range id.BootstrapAdmins {
+		key := fmt.Sprintf("identity.bootstrap_admins[%d]", i)
+		sid, err := spiffeid.FromString(raw)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s %q: %w", key, raw, err)
+		case sid.Path() == "":
+			return fmt.Errorf("%s %q: no path; an admin is a workload, not a trust domain", key, raw)
+		case !slices.Contains(served, sid.TrustDomain()):
+			return fmt.Errorf("%s %q: trust domain %q is not served (trust_domain or federation.trust_domains)",
+				key, raw, sid.TrustDomain().Name())
+		case seen[sid]:
+			return fmt.Errorf("%s: %s is listed twice", key, sid)
+		}
+		seen[sid] = true
+	}
+	return nil
+}
+
+// validate checks the federation against the own trust domain and the
+// identity source, which decides whether a domain may come without a URL.
+func (f FederationConfig) validate(own spiffeid.TrustDomain, source string) error {
+	if f.BundleRefreshHint < time.Second {
+		return fmt.Errorf("federation.bundle_refresh_hint must be at least 1s, got %s", f.BundleRefreshHint)
+	}
+	seen := map[spiffeid.TrustDomain]bool{}
+	for i, fd := range f.TrustDomains {
+		key := fmt.Sprintf("federation.trust_domains[%d]", i)
+		td, err := spiffeid.TrustDomainFromString(fd.TrustDomain)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s.trust_domain %q: %w", key, fd.TrustDomain, err)
+		case td.Name() != fd.TrustDomain:
+			return fmt.Errorf("%s.trust_domain %q: want a bare trust domain name such as %q", key, fd.TrustDomain, td.Name())
+		case td == own:
+			return fmt.Errorf("%s.trust_domain %q is the gateway's own trust domain", key, fd.TrustDomain)
+		case seen[td]:
+			return fmt.Errorf("%s.trust_domain %q is listed twice", key, fd.TrustDomain)
+		}
+		seen[td] = true
+		if err := fd.validate(key, td, source); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (fd FederatedDomainConfig) validate(key string, td spiffeid.TrustDomain, source string) error {
+	if fd.RefreshInterval < 0 || fd.RefreshInterval > 0 && fd.RefreshInterval < time.Second {
+		return fmt.Errorf("%s.refresh_interval must be 0 (the bundle's hint) or at least 1s, got %s", key, fd.RefreshInterval)
+	}
+	if fd.URL == "" {
+		if source != IdentityWorkloadAPI {
+			return fmt.Errorf("%s.url is required unless identity.source is workload_api (whose agent hands over the bundle)", key)
+		}
+		for _, k := range []struct{ key, value string }{
+			{"profile", fd.Profile}, {"endpoint_spiffe_id", fd.EndpointSPIFFEID},
+			{"bundle_file", fd.BundleFile}, {"ca_file", fd.CAFile},
+		} {
+			if k.value != "" {
+				return fmt.Errorf("%s.%s is for a url only; without one the Workload API hands over the bundle", key, k.key)
+			}
+		}
+		if fd.RefreshInterval != 0 {
+			return fmt.Errorf("%s.refresh_interval is for a url only", key)
+		}
+		return nil
+	}
+	u, err := url.Parse(fd.URL)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.Fragment != "" {
+		return fmt.Errorf("%s.url %q: want an https:// URL", key, fd.URL)
+	}
+	switch fd.Profile {
+	case ProfileHTTPSWeb:
+		if fd.EndpointSPIFFEID != "" {
+			return fmt.Errorf("%s.endpoint_spiffe_id is for profile https_spiffe only", key)
+		}
+		if fd.BundleFile != "" {
+			return fmt.Errorf("%s.bundle_file is for profile https_spiffe only", key)
+		}
+	case ProfileHTTPSSPIFFE:
+		if fd.CAFile != "" {
+			return fmt.Errorf("%s.ca_file is for profile https_web only", key)
+		}
+		if fd.EndpointSPIFFEID == "" {
+			return fmt.Errorf("%s.endpoint_spiffe_id is required with profile https_spiffe", key)
+		}
+		eid, err := spiffeid.FromString(fd.EndpointSPIFFEID)
+		if err != nil {
+			return fmt.Errorf("%s.endpoint_spiffe_id %q: %w", key, fd.EndpointSPIFFEID, err)
+		}
+		if !eid.MemberOf(td) {
+			return fmt.Errorf("%s.endpoint_spiffe_id %q: not in trust domain %q", key, fd.EndpointSPIFFEID, td.Name())
+		}
+		// The first fetch is authenticated with this bundle; without it
+		// the endpoint could not be trusted at all.
+		if strings.TrimSpace(fd.BundleFile) == "" {
+			return fmt.Errorf("%s.bundle_file is required with profile https_spiffe (the partner's bundle that authenticates the first fetch)", key)
+		}
+	default:
+		return fmt.Errorf("%s.profile %q: want https_web or https_spiffe", key, fd.Profile)
 	}
 	return nil
 }

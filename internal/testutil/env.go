@@ -102,7 +102,8 @@ type Env struct {
 	MQTTAddr string // host:port of the MQTT listener
 	APIURL   string // https://host:port of the admin API
 	// Admin is the dev admin identity (spiffe://TD/admin/dev, role=admin)
-	// that the app enrolls on start.
+	// that the app enrolls on start; nil unless the identity source is
+	// builtin (see ExternalDevice for an admin of another PKI).
 	Admin *Device
 
 	bundlePEM []byte
@@ -170,14 +171,19 @@ func start(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), o
 	})
 
 	e := &Env{
-		App:       a,
-		TD:        a.TrustDomain(),
-		DataDir:   cfg.DataDir,
-		MQTTAddr:  dialable(t, a.MQTTAddr()),
-		APIURL:    "https://" + dialable(t, a.APIAddr()),
-		bundlePEM: a.CA().BundlePEM(),
-		caCert:    a.CA().Certificate(),
+		App:      a,
+		TD:       a.TrustDomain(),
+		DataDir:  cfg.DataDir,
+		MQTTAddr: dialable(t, a.MQTTAddr()),
+		APIURL:   "https://" + dialable(t, a.APIAddr()),
 	}
+	if a.CA() == nil {
+		// Files or the Workload API: the gateway is verified against the
+		// bundle it started with, and has no CA key or dev admin.
+		e.setBundle(t)
+		return e, cfg
+	}
+	e.bundlePEM, e.caCert = a.CA().BundlePEM(), a.CA().Certificate()
 	e.roots = x509.NewCertPool()
 	e.roots.AddCert(e.caCert)
 	e.caKey = loadCAKey(t, filepath.Join(cfg.DataDir, "ca", identity.CAKeyFile))
@@ -194,6 +200,23 @@ func start(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), o
 		env:  e,
 	}
 	return e, cfg
+}
+
+// setBundle takes the roots and bundle.pem of the devices from the
+// gateway's identity source.
+func (e *Env) setBundle(t testing.TB) {
+	t.Helper()
+	b, err := e.App.Source().GetX509BundleForTrustDomain(e.TD)
+	if err != nil {
+		t.Fatalf("bundle of %s: %v", e.TD, err)
+	}
+	e.roots = x509.NewCertPool()
+	for _, c := range b.X509Authorities() {
+		e.roots.AddCert(c)
+	}
+	if e.bundlePEM, err = b.Marshal(); err != nil {
+		t.Fatalf("bundle of %s: %v", e.TD, err)
+	}
 }
 
 // writePolicyDir copies the embedded default policy (without its Rego
@@ -253,6 +276,9 @@ type Device struct {
 	Cert tls.Certificate
 	Dir  string
 	env  *Env
+	// roots, when set, verify the gateway instead of the env's: a device
+	// of an external PKI that knows of a CA rotation the env does not.
+	roots *x509.CertPool
 }
 
 // DeviceID is the SPIFFE ID a device named name gets by default.
@@ -367,7 +393,22 @@ func (e *Env) writeDir(t testing.TB, chainPEM, keyPEM []byte) string {
 // TLSConfig is the client side of mTLS for d: the gateway is verified
 // against the CA bundle, d's certificate (if any) is presented.
 func (d *Device) TLSConfig() *tls.Config {
-	return testclient.TLSConfig(d.env.roots, &d.Cert)
+	roots := d.env.roots
+	if d.roots != nil {
+		roots = d.roots
+	}
+	return testclient.TLSConfig(roots, &d.Cert)
+}
+
+// ExternalDevice is a client presenting cert, an SVID of a PKI outside the
+// gateway (the files source's, SPIRE's, a partner's), registered as name
+// (empty: not registered, or registered otherwise). It verifies the
+// gateway against roots (nil: the env's).
+func (e *Env) ExternalDevice(t testing.TB, name string, cert tls.Certificate, roots *x509.CertPool) *Device {
+	t.Helper()
+	d := e.WithCert(t, &cert)
+	d.Name, d.roots = name, roots
+	return d
 }
 
 // CertWith returns a certificate signed by the gateway's real CA. It starts

@@ -79,7 +79,7 @@ const recipesDir = "../../examples/policy-recipes"
 
 // extraDirs are the worked examples of docs/policy.md: modules added to the
 // default policy, each with its own tests.
-var extraDirs = []string{"site-isolation", "dashboards", "maintenance-window"}
+var extraDirs = []string{"site-isolation", "dashboards", "maintenance-window", "federation"}
 
 // withDefault is a policy directory holding the default policy and the
 // example in examples/policy-recipes/NAME, as an operator would deploy it.
