@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net/url"
+	"runtime"
 	"testing"
 	"time"
 
@@ -125,4 +126,19 @@ func nextPEM(data []byte) (der, rest []byte) {
 		return nil, nil
 	}
 	return b.Bytes, rest
+}
+
+// waitGoroutines waits until no more goroutines run than before, as a
+// closed source must leave none of its own behind, and fails with their
+// stacks when they are still there after waitFor.
+func waitGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines after Close, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

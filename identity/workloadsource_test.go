@@ -328,14 +328,7 @@ func TestWorkloadSourceClose(t *testing.T) {
 	if err := src.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	deadline := time.Now().Add(waitFor)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("%d goroutines after Close, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitGoroutines(t, before)
 	if _, err := src.GetX509SVID(); err == nil {
 		t.Error("a closed source served an SVID")
 	}
