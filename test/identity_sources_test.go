@@ -276,6 +276,39 @@ func TestIdentitySources_WorkloadAPI(t *testing.T) {
 }
 
 // toSVID is cert as the Workload API hands it out.
+// Rule: a new serving SVID alone changes nothing a session was admitted
+// with, so it costs no re-verification pass; a bundle change does.
+func TestIdentitySources_SVIDRotationAloneReverifiesNothing(t *testing.T) {
+	t.Parallel()
+	p := newExtPKI(t)
+	td := spiffeid.RequireTrustDomainFromString(testutil.TrustDomain)
+	both := x509bundle.FromX509Authorities(td, []*x509.Certificate{p.ca1.Cert, p.ca2.Cert})
+	agent := fakeworkload.Start(t)
+	agent.SetX509([]*x509svid.SVID{toSVID(t, p.serving(t, p.ca1))}, both)
+	e := testutil.StartObserved(t, func(c *app.Config) {
+		c.Identity = app.IdentityConfig{Source: app.IdentityWorkloadAPI, WorkloadAPISocket: agent.Addr()}
+	})
+	if _, err := e.App.Registry().Create(registry.Device{Name: "sensor-3", SPIFFEID: e.DeviceID("sensor-3")}); err != nil {
+		t.Fatal(err)
+	}
+	s3 := p.device(t, e.Env, p.ca2, "sensor-3")
+
+	for i := range 3 {
+		next := p.serving(t, p.ca1)
+		agent.SetX509([]*x509svid.SVID{toSVID(t, next)}, both)
+		waitServed(t, e.Env, s3, next.Leaf.SerialNumber)
+		e.Logs.WaitFor(t, wait, "trust bundles unchanged")
+		if n := len(e.Logs.Lines("sessions re-evaluated")); n != 0 {
+			t.Fatalf("rotation %d: %d re-evaluation passes for a new serving SVID alone, want 0", i, n)
+		}
+	}
+	// Positive control: the same update with a bundle that gained a CA.
+	third := testpki.NewCA(t, testutil.TrustDomain)
+	agent.SetX509([]*x509svid.SVID{toSVID(t, p.serving(t, p.ca1))},
+		x509bundle.FromX509Authorities(td, []*x509.Certificate{p.ca1.Cert, p.ca2.Cert, third.Cert}))
+	e.Logs.WaitFor(t, wait, "sessions re-evaluated", `reason="trust bundle changed"`)
+}
+
 func toSVID(t *testing.T, cert tls.Certificate) *x509svid.SVID {
 	t.Helper()
 	return &x509svid.SVID{ID: spiffeid.RequireFromString(cert.Leaf.URIs[0].String()),

@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/api"
@@ -66,6 +67,7 @@ type App struct {
 	ca       *identity.CA // nil unless the identity source is builtin
 	src      identity.Source
 	fed      *identity.Federation // nil without a partner fetched from a bundle endpoint
+	bundles  x509bundle.Source    // every served trust domain's bundle source, as the verifier asks it
 	verifier *identity.Verifier
 	reg      *registry.Store
 	engine   *policy.Engine
@@ -123,6 +125,7 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	if err != nil {
 		return nil, err
 	}
+	a.bundles = router
 	if a.verifier, err = identity.NewVerifierFromSource(router, cfg.ServedTrustDomains()...); err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}

@@ -1,10 +1,13 @@
 package app
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -85,10 +88,12 @@ func (a *App) checkServingSVID() error {
 	return nil
 }
 
-// watchIdentity re-verifies every session when the identity source or the
-// federation reports a change: a CA gone from a bundle must end the
-// connections it authenticated, not only refuse new ones. The gateway
-// coalesces the requests.
+// watchIdentity re-verifies every session when a trust bundle changes: a
+// CA gone from a bundle must end the connections it authenticated, not only
+// refuse new ones. A change of the serving SVID alone (SPIRE rotates it at
+// half its lifetime) changes nothing a session was admitted with, so it
+// costs no pass: the sources report both kinds of change on one channel,
+// and the bundles are compared here. The gateway coalesces the requests.
 func (a *App) watchIdentity(ctx context.Context) {
 	var srcUpdated, fedUpdated <-chan struct{}
 	if a.src != nil {
@@ -100,6 +105,7 @@ func (a *App) watchIdentity(ctx context.Context) {
 	if srcUpdated == nil && fedUpdated == nil {
 		return
 	}
+	last := a.bundlesDigest()
 	for {
 		select {
 		case <-ctx.Done():
@@ -107,8 +113,43 @@ func (a *App) watchIdentity(ctx context.Context) {
 		case <-srcUpdated:
 		case <-fedUpdated:
 		}
-		a.gw.Reevaluate("trust bundle or SVID changed")
+		d := a.bundlesDigest()
+		if d == last {
+			a.log.Debug("identity: serving SVID changed, trust bundles unchanged: sessions not re-verified")
+			continue
+		}
+		last = d
+		a.gw.Reevaluate("trust bundle changed")
 	}
+}
+
+// bundlesDigest sums up the authorities of every served trust domain as the
+// verifier would find them now, in an order that does not depend on the
+// order a source lists them in. A trust domain without a bundle counts as
+// such, so gaining or losing one is a change too.
+func (a *App) bundlesDigest() [sha256.Size]byte {
+	h := sha256.New()
+	for _, td := range a.cfg.ServedTrustDomains() {
+		h.Write([]byte(td.IDString()))
+		h.Write([]byte{0})
+		b, err := a.bundles.GetX509BundleForTrustDomain(td)
+		if err != nil || b == nil {
+			h.Write([]byte("no bundle\x00"))
+			continue
+		}
+		var sums [][sha256.Size]byte
+		for _, c := range b.X509Authorities() {
+			sums = append(sums, sha256.Sum256(c.Raw))
+		}
+		slices.SortFunc(sums, func(x, y [sha256.Size]byte) int { return bytes.Compare(x[:], y[:]) })
+		for _, s := range sums {
+			h.Write(s[:])
+		}
+		h.Write([]byte{0})
+	}
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
 }
 
 // ensureBootstrapAdmins registers each identity.bootstrap_admins entry that
