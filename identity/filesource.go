@@ -19,6 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/ztgate/ztgate/internal/debounce"
 )
 
 // fileDebounce is how long the files must stay quiet before a reload: a
@@ -154,21 +156,7 @@ func (s *FileSource) watch() error {
 func (s *FileSource) run() {
 	defer close(s.done)
 	defer s.watcher.Close()
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	var pending bool
-	var burst time.Time
-	schedule := func() {
-		now := time.Now()
-		if !pending {
-			pending, burst = true, now
-		}
-		wait := fileDebounce
-		if limit := burst.Add(4 * fileDebounce).Sub(now); wait > limit {
-			wait = max(limit, 0)
-		}
-		timer.Reset(wait)
-	}
+	timer := debounce.New(fileDebounce)
 	for {
 		select {
 		case <-s.stop:
@@ -179,7 +167,7 @@ func (s *FileSource) run() {
 				return
 			}
 			if s.relevant(ev) {
-				schedule()
+				timer.Event()
 			}
 		case err, ok := <-s.watcher.Errors:
 			if !ok {
@@ -187,9 +175,9 @@ func (s *FileSource) run() {
 			}
 			// An overflow loses events: reload to be sure.
 			s.log.Warn("identity: watching the identity files", "err", err)
-			schedule()
+			timer.Event()
 		case <-timer.C:
-			pending = false
+			timer.Fired()
 			err := s.Reload()
 			if err == nil || errors.Is(err, errFilesClosed) {
 				continue
@@ -197,7 +185,7 @@ func (s *FileSource) run() {
 			s.log.Error("identity: reloading the identity files failed; the last good certificate, key and bundle stay in force",
 				"err", err)
 			if nyv := (notYetValidError{}); errors.As(err, &nyv) {
-				timer.Reset(time.Until(nyv.notBefore) + fileDebounce)
+				timer.After(time.Until(nyv.notBefore) + fileDebounce)
 			}
 		}
 	}

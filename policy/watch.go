@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	debouncer "github.com/ztgate/ztgate/internal/debounce"
 )
 
 // DefaultDebounce is how long Watch waits for a directory to stay quiet
@@ -63,30 +65,15 @@ func Watch(ctx context.Context, e *Engine, dir string, debounce time.Duration, l
 	}
 	log.Info("policy: watching the policy directory", "dir", root, "debounce", debounce)
 
-	var (
-		pending bool      // a reload is scheduled
-		burst   time.Time // the first change since the last reload
-		lost    bool      // root is gone; look for it every watchRetry
-	)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	schedule := func() {
-		now := time.Now()
-		if !pending {
-			pending, burst = true, now
-		}
-		wait := debounce
-		if limit := burst.Add(4 * debounce).Sub(now); wait > limit {
-			wait = max(limit, 0)
-		}
-		timer.Reset(wait)
-	}
+	lost := false // root is gone; look for it every watchRetry
+	timer := debouncer.New(debounce)
+	defer timer.Stop()
 	reload := func() {
-		pending = false
+		timer.Fired()
 		if lost {
 			_ = w.Remove(root) // in case a stale watch is left
 			if err := addTree(w, root, log); err != nil {
-				timer.Reset(watchRetry)
+				timer.After(watchRetry)
 				return
 			}
 			lost = false
@@ -99,7 +86,7 @@ func Watch(ctx context.Context, e *Engine, dir string, debounce time.Duration, l
 			lost = true
 			log.Warn("policy: policy directory is gone; the revision in force stays, looking for the directory again",
 				"dir", root, "revision", short(e.Revision()), "err", err)
-			timer.Reset(watchRetry)
+			timer.After(watchRetry)
 		}
 	}
 
@@ -122,7 +109,7 @@ func Watch(ctx context.Context, e *Engine, dir string, debounce time.Duration, l
 				}
 			}
 			if relevant(ev) && !lost {
-				schedule()
+				timer.Event()
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
@@ -131,7 +118,7 @@ func Watch(ctx context.Context, e *Engine, dir string, debounce time.Duration, l
 			// An overflow loses events: reload to be sure.
 			log.Warn("policy: watching the policy directory", "dir", root, "err", err)
 			if !lost {
-				schedule()
+				timer.Event()
 			}
 		case <-timer.C:
 			reload()
