@@ -44,42 +44,53 @@ func buildZtgate(t *testing.T) string {
 	return bin
 }
 
-// gatewayProc is `ztgate dev` running as a child process.
-type gatewayProc struct {
+// childProc is a process a test started, its output kept and its exit
+// awaited by a goroutine of its own.
+type childProc struct {
 	cmd  *exec.Cmd
 	out  *testpki.LogBuffer // stdout and stderr together
 	done chan struct{}
 	err  error // of Wait, once done is closed
 }
 
-// startGatewayProc starts `ztgate dev` on dataDir and the given addresses,
-// with extra flags if any. The process is killed when the test ends if it
-// still runs.
-func startGatewayProc(t *testing.T, bin, dataDir, mqttAddr, apiAddr string, extra ...string) *gatewayProc {
+// startChild starts cmd with its output collected; what names it in the
+// error should it not start.
+func startChild(t *testing.T, what string, cmd *exec.Cmd) *childProc {
 	t.Helper()
-	p := &gatewayProc{out: &testpki.LogBuffer{}, done: make(chan struct{})}
-	args := append([]string{"dev", "--data-dir", dataDir, "--mqtt-addr", mqttAddr, "--api-addr", apiAddr,
-		"--decision-log-enabled=false"}, extra...)
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start ztgate: %v", err)
+	p := &childProc{cmd: cmd, out: &testpki.LogBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", what, err)
 	}
 	go func() {
-		p.err = p.cmd.Wait()
+		p.err = cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.kill(t) })
 	return p
 }
 
-func (p *gatewayProc) exited() bool {
+func (p *childProc) exited() bool {
 	select {
 	case <-p.done:
 		return true
 	default:
 		return false
 	}
+}
+
+// gatewayProc is `ztgate dev` running as a child process.
+type gatewayProc struct{ *childProc }
+
+// startGatewayProc starts `ztgate dev` on dataDir and the given addresses,
+// with extra flags if any. The process is killed when the test ends if it
+// still runs.
+func startGatewayProc(t *testing.T, bin, dataDir, mqttAddr, apiAddr string, extra ...string) *gatewayProc {
+	t.Helper()
+	args := append([]string{"dev", "--data-dir", dataDir, "--mqtt-addr", mqttAddr, "--api-addr", apiAddr,
+		"--decision-log-enabled=false"}, extra...)
+	p := &gatewayProc{startChild(t, "ztgate", exec.Command(bin, args...))}
+	t.Cleanup(func() { p.kill(t) })
+	return p
 }
 
 // kill sends SIGKILL (no shutdown of any kind) and waits for the exit.

@@ -544,26 +544,13 @@ func localhostURL(t *testing.T, apiURL string) string {
 
 // spireProc is a SPIRE process of the test, stopped and waited for when the
 // test ends; its output is printed if the test failed.
-type spireProc struct {
-	cmd  *exec.Cmd
-	out  *testpki.LogBuffer
-	done chan struct{}
-	err  error // of Wait, once done is closed
-}
+type spireProc struct{ *childProc }
 
 func startSpireProc(t *testing.T, name, path string, args ...string) *spireProc {
 	t.Helper()
-	p := &spireProc{out: &testpki.LogBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(path, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = childProcAttr()
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
+	cmd := exec.Command(path, args...)
+	cmd.SysProcAttr = childProcAttr()
+	p := &spireProc{startChild(t, name, cmd)}
 	t.Cleanup(func() {
 		p.stop(t, name)
 		if t.Failed() {
@@ -571,15 +558,6 @@ func startSpireProc(t *testing.T, name, path string, args ...string) *spireProc 
 		}
 	})
 	return p
-}
-
-func (p *spireProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // stop asks the process to end (SIGTERM), then kills it if it has not
