@@ -385,14 +385,9 @@ func loadBundle(path string, td spiffeid.TrustDomain) (*x509bundle.Bundle, error
 	if err != nil {
 		return nil, err
 	}
-	certs, err := parseCertificatesPEM(data)
+	certs, err := ParseBundlePEM(data)
 	if err != nil {
 		return nil, fmt.Errorf("identity: bundle_file %s: %w", path, err)
-	}
-	for i, c := range certs {
-		if !c.BasicConstraintsValid || !c.IsCA {
-			return nil, fmt.Errorf("identity: bundle_file %s: certificate %d (%s) is not a CA certificate", path, i+1, c.Subject)
-		}
 	}
 	return x509bundle.FromX509Authorities(td, certs), nil
 }

@@ -69,6 +69,23 @@ func parseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
+// ParseBundlePEM parses a trust bundle: CERTIFICATE blocks, at least one,
+// each a CA certificate. A bundle that holds no authority would trust
+// nobody, and a leaf in it would be a trust anchor that is no CA: both are
+// errors, never a bundle.
+func ParseBundlePEM(data []byte) ([]*x509.Certificate, error) {
+	certs, err := parseCertificatesPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("no CA certificate read (want CERTIFICATE blocks only): %w", err)
+	}
+	for i, c := range certs {
+		if !c.BasicConstraintsValid || !c.IsCA {
+			return nil, fmt.Errorf("certificate %d (%s) is not a CA certificate", i+1, c.Subject)
+		}
+	}
+	return certs, nil
+}
+
 // parsePrivateKeyPEM parses exactly one private key block: PKCS#8 (what
 // ztgate writes) or the SEC 1 / PKCS#1 forms OpenSSL tools still produce.
 func parsePrivateKeyPEM(data []byte) (crypto.Signer, error) {

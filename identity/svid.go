@@ -114,15 +114,12 @@ func parseSVIDFiles(dir string, f svidFiles) (tls.Certificate, *x509.CertPool, e
 	case now.Before(leaf.NotBefore):
 		return tls.Certificate{}, nil, fmt.Errorf("identity: %s: not valid before %s", name(SVIDFile), leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
-	roots, err := parseCertificatesPEM(f.bundle)
+	roots, err := ParseBundlePEM(f.bundle)
 	if err != nil {
 		return tls.Certificate{}, nil, fmt.Errorf("identity: %s: %w", name(BundleFile), err)
 	}
 	pool := x509.NewCertPool()
 	for _, c := range roots {
-		if !c.IsCA {
-			return tls.Certificate{}, nil, fmt.Errorf("identity: %s: holds a certificate that is not a CA", name(BundleFile))
-		}
 		pool.AddCert(c)
 	}
 	raw := make([][]byte, len(chain))

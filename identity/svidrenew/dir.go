@@ -13,7 +13,6 @@ package svidrenew
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -193,32 +192,16 @@ func WriteDir(dir string, chainPEM, keyPEM, bundlePEM []byte) error {
 	return nil
 }
 
-// parseBundle parses a PEM bundle: one or more CA certificates and nothing
-// else.
+// parseBundle is identity.ParseBundlePEM as the pool a client verifies the
+// gateway with.
 func parseBundle(bundlePEM []byte) (*x509.CertPool, error) {
-	pool := x509.NewCertPool()
-	n := 0
-	for rest := bundlePEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("PEM block %q, want CERTIFICATE", b.Type)
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		if !c.IsCA {
-			return nil, errors.New("holds a certificate that is not a CA")
-		}
-		pool.AddCert(c)
-		n++
+	certs, err := identity.ParseBundlePEM(bundlePEM)
+	if err != nil {
+		return nil, err
 	}
-	if n == 0 {
-		return nil, errors.New("no CA certificate")
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
 	}
 	return pool, nil
 }
