@@ -555,7 +555,9 @@ func TestFileSourceKeepsLastGoodState(t *testing.T) {
 func TestFileSourceTakesNotYetValidCertWhenValid(t *testing.T) {
 	p := newFilePKI(t)
 	src := p.open(t)
-	chain, key := p.issue(t, func(c *x509.Certificate) { c.NotBefore = time.Now().Add(time.Second) })
+	// Three seconds ahead: the first reload (after the debounce, on a
+	// loaded machine) must still fall before NotBefore.
+	chain, key := p.issue(t, func(c *x509.Certificate) { c.NotBefore = time.Now().Add(3 * time.Second) })
 	p.write(t, p.key, key)
 	p.write(t, p.cert, chain)
 	p.waitLog(t, 1, "level=ERROR", p.cert, "not valid before")
