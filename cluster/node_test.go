@@ -1,4 +1,4 @@
-package cluster
+package cluster_test
 
 import (
 	"context"
@@ -9,66 +9,21 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ztgate/ztgate/cluster"
+	"github.com/ztgate/ztgate/internal/testcluster"
 )
 
 const (
 	bucket = "ztgate_test"
 	// formTimeout bounds cluster formation and leader elections; generous
 	// because -race on a shared 2-core machine slows Raft a lot.
-	formTimeout = 60 * time.Second
+	formTimeout = testcluster.FormTimeout
 	opTimeout   = 10 * time.Second
 )
 
-func TestNodeConfigValidate(t *testing.T) {
-	good := NodeConfig{Name: "c", Node: "a", Listen: "127.0.0.1:6222",
-		Peers: []string{"127.0.0.1:6223", "[::1]:6224"}, DataDir: "d"}
-	tests := []struct {
-		name    string
-		mutate  func(*NodeConfig)
-		wantErr string // empty: valid
-	}{
-		{"valid", func(*NodeConfig) {}, ""},
-		{"valid client listen", func(c *NodeConfig) { c.ClientListen = "127.0.0.1:0" }, ""},
-		{"empty name", func(c *NodeConfig) { c.Name = "" }, "cluster: name is empty"},
-		{"empty node", func(c *NodeConfig) { c.Node = "" }, "cluster: node is empty"},
-		{"empty data dir", func(c *NodeConfig) { c.DataDir = "" }, "cluster: data dir is empty"},
-		{"listen without port", func(c *NodeConfig) { c.Listen = "127.0.0.1" }, `cluster: listen "127.0.0.1": not host:port`},
-		{"listen bad port", func(c *NodeConfig) { c.Listen = "127.0.0.1:99999" }, `bad port "99999"`},
-		{"listen port zero", func(c *NodeConfig) { c.Listen = "127.0.0.1:0" }, "needs a fixed port"},
-		{"listen not loopback", func(c *NodeConfig) { c.Listen = "0.0.0.0:6222" }, "must be a loopback IP"},
-		{"listen host name", func(c *NodeConfig) { c.Listen = "localhost:6222" }, "must be a loopback IP"},
-		{"peer equals listen", func(c *NodeConfig) { c.Peers = []string{"127.0.0.1:6222"} }, "own listen address"},
-		{"peer equals listen other spelling", func(c *NodeConfig) { c.Listen = "[::1]:6222"; c.Peers = []string{"[0:0::1]:6222"} }, "own listen address"},
-		{"no peers", func(c *NodeConfig) { c.Peers = nil }, "peers is empty"},
-		{"peer twice", func(c *NodeConfig) { c.Peers = []string{"127.0.0.1:6223", "127.0.0.1:6223"} }, "listed twice"},
-		{"peer not host:port", func(c *NodeConfig) { c.Peers = []string{"nats://x"} }, "cluster: peers[0]"},
-		{"peer not loopback", func(c *NodeConfig) { c.Peers = []string{"10.0.0.1:6223"} }, "must be a loopback IP"},
-		{"client listen not loopback", func(c *NodeConfig) { c.ClientListen = ":4222" }, "client listen"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := good
-			cfg.Peers = append([]string(nil), good.Peers...)
-			tt.mutate(&cfg)
-			err := cfg.validate()
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("valid config refused: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("error = %v, want it to contain %q", err, tt.wantErr)
-			}
-			if strings.Contains(err.Error(), "\n") {
-				t.Fatalf("error is not one line: %q", err)
-			}
-		})
-	}
-}
-
 func TestStartNodeRefusesInvalidConfig(t *testing.T) {
-	_, err := StartNode(context.Background(), NodeConfig{Name: "c", Node: "a", Listen: "nope", DataDir: t.TempDir()})
+	_, err := cluster.StartNode(context.Background(), cluster.NodeConfig{Name: "c", Node: "a", Listen: "nope", DataDir: t.TempDir()})
 	if err == nil || !strings.HasPrefix(err.Error(), "cluster: ") {
 		t.Fatalf("StartNode error = %v, want a cluster: validation error", err)
 	}
@@ -79,10 +34,10 @@ func TestStartNodeRefusesInvalidConfig(t *testing.T) {
 func TestStartNodePortInUse(t *testing.T) {
 	tests := []struct {
 		name  string
-		setup func(cfg *NodeConfig, busy string)
+		setup func(cfg *cluster.NodeConfig, busy string)
 	}{
-		{"route port", func(cfg *NodeConfig, busy string) { cfg.Listen = busy }},
-		{"client port", func(cfg *NodeConfig, busy string) { cfg.ClientListen = busy }},
+		{"route port", func(cfg *cluster.NodeConfig, busy string) { cfg.Listen = busy }},
+		{"client port", func(cfg *cluster.NodeConfig, busy string) { cfg.ClientListen = busy }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,24 +46,24 @@ func TestStartNodePortInUse(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer l.Close()
-			addrs := freePorts(t, 2)
-			cfg := NodeConfig{Name: "c", Node: "a", Listen: addrs[0], Peers: addrs[1:], DataDir: t.TempDir()}
+			addrs := testcluster.FreePorts(t, 2)
+			cfg := cluster.NodeConfig{Name: "c", Node: "a", Listen: addrs[0], Peers: addrs[1:], DataDir: t.TempDir()}
 			tt.setup(&cfg, l.Addr().String())
 
 			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 			defer cancel()
-			n, err := StartNode(ctx, cfg)
+			n, err := cluster.StartNode(ctx, cfg)
 			if err == nil {
 				_ = n.Close()
 				t.Fatal("StartNode succeeded on a port in use")
 			}
-			if !strings.HasPrefix(err.Error(), "cluster: ") || !isAddrInUse(err) {
+			if !strings.HasPrefix(err.Error(), "cluster: ") || !testcluster.IsAddrInUse(err) {
 				t.Fatalf("error = %v, want a cluster: error naming the port in use", err)
 			}
 
 			// Positive control: the same config starts once the port is free.
 			_ = l.Close()
-			n, err = StartNode(ctx, cfg)
+			n, err = cluster.StartNode(ctx, cfg)
 			if err != nil {
 				t.Fatalf("StartNode after freeing the port: %v", err)
 			}
@@ -121,49 +76,48 @@ func TestStartNodePortInUse(t *testing.T) {
 
 func TestClusterReplicatedKV(t *testing.T) {
 	start := time.Now()
-	tc := startCluster(t, 3)
-	tc.waitJetStream(formTimeout, 0, 1, 2)
+	tc := testcluster.Start(t, 3)
 	t.Logf("3-node cluster formed, JetStream meta leader known on all nodes in %s", time.Since(start))
 
 	ctx, cancel := context.WithTimeout(context.Background(), formTimeout)
 	defer cancel()
-	if _, err := tc.nodes[0].JetStream().CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, Replicas: 3}); err != nil {
+	if _, err := tc.Nodes[0].JetStream().CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, Replicas: 3}); err != nil {
 		t.Fatalf("create R3 bucket on node a: %v", err)
 	}
 
-	put(t, tc.nodes[1], "k1", "v1")
-	waitValue(t, tc.nodes[2], "k1", "v1")
+	put(t, tc.Nodes[1], "k1", "v1")
+	waitValue(t, tc.Nodes[2], "k1", "v1")
 	// Negative control of the read helper: a key nobody wrote is absent.
-	if _, err := kv(t, tc.nodes[2]).Get(ctx, "never-written"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if _, err := kv(t, tc.Nodes[2]).Get(ctx, "never-written"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("get unwritten key: err = %v, want ErrKeyNotFound", err)
 	}
 
 	t.Run("quorum of two keeps working", func(t *testing.T) {
-		tc.stop(2)
-		tc.waitJetStream(formTimeout, 0, 1)
-		put(t, tc.nodes[0], "k2", "while-c-down")
-		waitValue(t, tc.nodes[1], "k2", "while-c-down")
-		waitValue(t, tc.nodes[0], "k1", "v1")
+		tc.Stop(2)
+		tc.WaitJetStream(formTimeout, 0, 1)
+		put(t, tc.Nodes[0], "k2", "while-c-down")
+		waitValue(t, tc.Nodes[1], "k2", "while-c-down")
+		waitValue(t, tc.Nodes[0], "k1", "v1")
 	})
 
 	t.Run("restarted node catches up", func(t *testing.T) {
 		restarted := time.Now()
-		tc.restart(2)
-		tc.waitJetStream(formTimeout, 2)
-		waitValue(t, tc.nodes[2], "k2", "while-c-down")
+		tc.Restart(2)
+		tc.WaitJetStream(formTimeout, 2)
+		waitValue(t, tc.Nodes[2], "k2", "while-c-down")
 		t.Logf("restarted node caught up in %s", time.Since(restarted))
-		put(t, tc.nodes[2], "k3", "from-c")
-		waitValue(t, tc.nodes[0], "k3", "from-c")
+		put(t, tc.Nodes[2], "k3", "from-c")
+		waitValue(t, tc.Nodes[0], "k3", "from-c")
 	})
 
 	t.Run("lone node refuses writes", func(t *testing.T) {
 		// Positive control: with all three up the write succeeds.
-		put(t, tc.nodes[0], "k4", "before")
-		tc.stop(1)
-		tc.stop(2)
+		put(t, tc.Nodes[0], "k4", "before")
+		tc.Stop(1)
+		tc.Stop(2)
 		wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer wcancel()
-		err := kvPut(wctx, tc.nodes[0], "k4", "after")
+		err := kvPut(wctx, tc.Nodes[0], "k4", "after")
 		if err == nil {
 			t.Fatal("a lone node of three accepted a write without quorum")
 		}
@@ -171,7 +125,7 @@ func TestClusterReplicatedKV(t *testing.T) {
 	})
 }
 
-func kv(t *testing.T, n *Node) jetstream.KeyValue {
+func kv(t *testing.T, n *cluster.Node) jetstream.KeyValue {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -184,7 +138,7 @@ func kv(t *testing.T, n *Node) jetstream.KeyValue {
 
 // kvPut binds the bucket and writes; binding asks the meta leader, so both
 // steps fail the same way while an election is under way.
-func kvPut(ctx context.Context, n *Node, key, val string) error {
+func kvPut(ctx context.Context, n *cluster.Node, key, val string) error {
 	b, err := n.JetStream().KeyValue(ctx, bucket)
 	if err != nil {
 		return err
@@ -193,7 +147,7 @@ func kvPut(ctx context.Context, n *Node, key, val string) error {
 	return err
 }
 
-func kvGet(ctx context.Context, n *Node, key string) (string, error) {
+func kvGet(ctx context.Context, n *cluster.Node, key string) (string, error) {
 	b, err := n.JetStream().KeyValue(ctx, bucket)
 	if err != nil {
 		return "", err
@@ -207,7 +161,7 @@ func kvGet(ctx context.Context, n *Node, key string) (string, error) {
 
 // put retries briefly: right after a peer leaves, the stream may still be
 // electing a new leader and the first publish can time out.
-func put(t *testing.T, n *Node, key, val string) {
+func put(t *testing.T, n *cluster.Node, key, val string) {
 	t.Helper()
 	deadline := time.Now().Add(formTimeout)
 	for {
@@ -226,7 +180,7 @@ func put(t *testing.T, n *Node, key, val string) {
 
 // waitValue polls because reads may be served by a replica that has not
 // applied the write yet; replication is asynchronous to the reader.
-func waitValue(t *testing.T, n *Node, key, want string) {
+func waitValue(t *testing.T, n *cluster.Node, key, want string) {
 	t.Helper()
 	deadline := time.Now().Add(formTimeout)
 	var last string
