@@ -20,7 +20,8 @@ func (cfg NodeConfig) validate() error {
 		// lose the replicated state on restart.
 		return errors.New("cluster: data dir is empty")
 	}
-	listen, err := routeAddr("listen", cfg.Listen)
+	secure := cfg.TLS != nil
+	listen, err := routeAddr("listen", cfg.Listen, secure)
 	if err != nil {
 		return err
 	}
@@ -30,7 +31,7 @@ func (cfg NodeConfig) validate() error {
 	}
 	seen := map[string]bool{listen: true}
 	for i, p := range cfg.Peers {
-		peer, err := routeAddr(fmt.Sprintf("peers[%d]", i), p)
+		peer, err := routeAddr(fmt.Sprintf("peers[%d]", i), p, secure)
 		if err != nil {
 			return err
 		}
@@ -51,9 +52,24 @@ func (cfg NodeConfig) validate() error {
 }
 
 // routeAddr checks a route address and returns it in a canonical form so
-// that "localhost:6222" and "127.0.0.1:6222" spellings of the same IP compare
-// equal. Routes need a fixed port because peers dial it.
-func routeAddr(field, addr string) (string, error) {
+// that "[::1]:6222" and "[0:0::1]:6222" spellings of the same IP compare
+// equal. Routes need a fixed port because peers dial it. Without route TLS
+// only literal loopback IPs are taken; with it, any host, names included,
+// since a peer is then admitted by its SVID, not by where it is.
+func routeAddr(field, addr string, secure bool) (string, error) {
+	if secure {
+		host, port, err := splitHostPort(addr)
+		if err != nil {
+			return "", fmt.Errorf("cluster: %s %q: %w", field, addr, err)
+		}
+		if port == 0 {
+			return "", fmt.Errorf("cluster: %s %q needs a fixed port, not 0", field, addr)
+		}
+		if ip := net.ParseIP(host); ip != nil {
+			host = ip.String()
+		}
+		return net.JoinHostPort(host, strconv.Itoa(port)), nil
+	}
 	ip, port, err := loopbackHostPort(field, addr)
 	if err != nil {
 		return "", err
@@ -75,7 +91,7 @@ func loopbackHostPort(field, addr string) (net.IP, int, error) {
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
-		return nil, 0, fmt.Errorf("cluster: %s %q: host must be a loopback IP (routes are unauthenticated)", field, addr)
+		return nil, 0, fmt.Errorf("cluster: %s %q: host must be a loopback IP unless the routes have TLS", field, addr)
 	}
 	return ip, port, nil
 }

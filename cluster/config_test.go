@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"strings"
 	"testing"
 )
@@ -22,6 +23,9 @@ func TestNodeConfigValidate(t *testing.T) {
 		{"listen bad port", func(c *NodeConfig) { c.Listen = "127.0.0.1:99999" }, `bad port "99999"`},
 		{"listen port zero", func(c *NodeConfig) { c.Listen = "127.0.0.1:0" }, "needs a fixed port"},
 		{"listen not loopback", func(c *NodeConfig) { c.Listen = "0.0.0.0:6222" }, "must be a loopback IP"},
+		{"listen any address with TLS", func(c *NodeConfig) { c.Listen = "0.0.0.0:6222"; c.TLS = &tls.Config{} }, ""},
+		{"peer host name with TLS", func(c *NodeConfig) { c.Peers = []string{"ztgate-b:6222"}; c.TLS = &tls.Config{} }, ""},
+		{"peer port zero with TLS", func(c *NodeConfig) { c.Peers = []string{"ztgate-b:0"}; c.TLS = &tls.Config{} }, "needs a fixed port"},
 		{"listen host name", func(c *NodeConfig) { c.Listen = "localhost:6222" }, "must be a loopback IP"},
 		{"peer equals listen", func(c *NodeConfig) { c.Peers = []string{"127.0.0.1:6222"} }, "own listen address"},
 		{"peer equals listen other spelling", func(c *NodeConfig) { c.Listen = "[::1]:6222"; c.Peers = []string{"[0:0::1]:6222"} }, "own listen address"},

@@ -11,11 +11,14 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -24,9 +27,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// DefaultClientListen is used when NodeConfig.ClientListen is empty.
-const DefaultClientListen = "127.0.0.1:0"
 
 // defaultStartTimeout bounds StartNode when the caller's context has no
 // deadline, so a node that can never become ready does not hang startup.
@@ -40,19 +40,24 @@ const pollInterval = 50 * time.Millisecond
 
 // NodeConfig describes one embedded NATS node of a ztgate cluster.
 type NodeConfig struct {
-	Name         string       // cluster name, the same on every node
-	Node         string       // this node's name, unique in the cluster and stable across restarts
-	Listen       string       // route address host:port of this node
-	Peers        []string     // route addresses host:port of the other nodes
-	DataDir      string       // JetStream store directory; reuse it across restarts to keep state
-	ClientListen string       // client address; DefaultClientListen when empty
-	Logger       *slog.Logger // nil discards the server's log
+	Name         string   // cluster name, the same on every node
+	Node         string   // this node's name, unique in the cluster and stable across restarts
+	Listen       string   // route address host:port of this node
+	Peers        []string // route addresses host:port of the other nodes
+	DataDir      string   // JetStream store directory; reuse it across restarts to keep state
+	ClientListen string   // client address (loopback); none when empty: the gateway uses an in-process connection
+	// TLS secures the routes (RouteTLS). Without it the routes carry no
+	// authentication, and Listen and Peers must be loopback IPs.
+	TLS    *tls.Config
+	Logger *slog.Logger // nil discards the server's log
 }
 
 // Node is a running embedded NATS server with JetStream and an in-process
 // client connection to it.
 type Node struct {
-	srv       *server.Server
+	srv       *server.Server // nil when connected to an external NATS (Dial)
+	name      string
+	token     string // the client port's token (tests dial it)
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	log       *slogAdapter
@@ -65,7 +70,8 @@ type Node struct {
 // cluster to elect a meta leader: use WaitJetStream for that, because a
 // clustered node cannot serve JetStream before a quorum of peers is up.
 func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
-	opts, err := cfg.serverOptions()
+	token := rand.Text()
+	opts, err := cfg.serverOptions(token)
 	if err != nil {
 		return nil, err
 	}
@@ -88,8 +94,8 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 		return nil, fmt.Errorf("cluster: node %q: %w", cfg.Node, err)
 	}
 
-	n := &Node{srv: srv, log: log}
-	if err := n.connect(cfg.Node); err != nil {
+	n := &Node{srv: srv, name: cfg.Node, token: token, log: log}
+	if err := n.connect(cfg.Node, token); err != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()
 		return nil, err
@@ -97,10 +103,11 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) connect(node string) error {
+func (n *Node) connect(node, token string) error {
 	nc, err := nats.Connect("",
 		nats.InProcessServer(n.srv),
 		nats.Name("ztgate-"+node),
+		nats.Token(token),
 		// The server is in this process: if it goes away the node is being
 		// closed, so reconnect attempts would only delay Close.
 		nats.NoReconnect(),
@@ -151,10 +158,34 @@ func (n *Node) Conn() *nats.Conn { return n.nc }
 func (n *Node) JetStream() jetstream.JetStream { return n.js }
 
 // Name returns the node's server name.
-func (n *Node) Name() string { return n.srv.Name() }
+func (n *Node) Name() string { return n.name }
+
+// Peers returns the names of the nodes this node has a route to, sorted.
+func (n *Node) Peers() []string {
+	if n.srv == nil {
+		return nil
+	}
+	rz, err := n.srv.Routez(nil)
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, r := range rz.Routes {
+		if r.RemoteName != "" && !slices.Contains(names, r.RemoteName) {
+			names = append(names, r.RemoteName)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
 
 // ClusterAddr returns the bound route address, useful when Listen had port 0.
-func (n *Node) ClusterAddr() *net.TCPAddr { return n.srv.ClusterAddr() }
+func (n *Node) ClusterAddr() *net.TCPAddr {
+	if n.srv == nil {
+		return nil
+	}
+	return n.srv.ClusterAddr()
+}
 
 // WaitJetStream blocks until this node knows the JetStream meta leader, its
 // copy of the meta state is current and the leader answers an API request,
@@ -176,6 +207,9 @@ func (n *Node) WaitJetStream(ctx context.Context) error {
 }
 
 func (n *Node) jetStreamReady() bool {
+	if n.srv == nil {
+		return true // an external server: only the leader's answer tells
+	}
 	info, err := n.srv.Jsz(&server.JSzOptions{})
 	if err != nil || info == nil || info.Meta == nil {
 		return false
@@ -200,6 +234,9 @@ func (n *Node) Close() error {
 		if n.nc != nil {
 			n.nc.Close()
 		}
+		if n.srv == nil {
+			return
+		}
 		n.srv.Shutdown()
 		n.srv.WaitForShutdown()
 		if n.srv.Running() {
@@ -210,14 +247,19 @@ func (n *Node) Close() error {
 }
 
 // serverOptions validates cfg and maps it onto nats-server options.
-func (cfg NodeConfig) serverOptions() (*server.Options, error) {
+func (cfg NodeConfig) serverOptions(token string) (*server.Options, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	routeHost, routePort, _ := splitHostPort(cfg.Listen)
+	// nats-server always opens a client port in a cluster (with DontListen
+	// it never starts routing: StartRouting waits for the client listener).
+	// So it is on loopback, on a random port unless asked, and takes only
+	// the random token of this process: the gateway's own in-process
+	// connection is the only client.
 	clientListen := cfg.ClientListen
 	if clientListen == "" {
-		clientListen = DefaultClientListen
+		clientListen = "127.0.0.1:0"
 	}
 	clientHost, clientPort, _ := splitHostPort(clientListen)
 	if clientPort == 0 {
@@ -229,13 +271,17 @@ func (cfg NodeConfig) serverOptions() (*server.Options, error) {
 		routes = append(routes, &url.URL{Scheme: "nats-route", Host: p})
 	}
 	return &server.Options{
-		ServerName: cfg.Node,
-		Host:       clientHost,
-		Port:       clientPort,
+		ServerName:    cfg.Node,
+		Host:          clientHost,
+		Port:          clientPort,
+		Authorization: token,
 		Cluster: server.ClusterOpts{
-			Name: cfg.Name,
-			Host: routeHost,
-			Port: routePort,
+			Name:      cfg.Name,
+			Host:      routeHost,
+			Port:      routePort,
+			TLSConfig: cfg.TLS,
+			// A handshake verifies a chain and may wait on a busy peer.
+			TLSTimeout: 5,
 		},
 		Routes:    routes,
 		JetStream: true,

@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/api"
+	"github.com/ztgate/ztgate/cluster"
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/gateway"
 	"github.com/ztgate/ztgate/identity"
@@ -79,6 +80,7 @@ type App struct {
 	store    *brokerstore.Store // nil when storage is off
 	api      *api.Server
 	prom     *prometheus.Registry
+	node     *cluster.Node // nil unless cfg.Cluster is set
 
 	// stop ends the background goroutines (policy watch, registry
 	// metrics); wg waits for them.
@@ -96,6 +98,9 @@ type App struct {
 func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Cluster != nil {
+		return nil, errors.New("app: cluster: this build cannot run cluster mode yet")
 	}
 	a := &App{cfg: cfg, log: cfg.Logger}
 	if a.log == nil {
@@ -433,6 +438,11 @@ func (a *App) ensureAdmin() error {
 			Labels:   map[string]string{"role": "admin"},
 			Status:   registry.StatusActive,
 		})
+		if errors.Is(err, registry.ErrExists) {
+			// Another node of the cluster, starting at the same time,
+			// made it first.
+			d, err = a.reg.Get(AdminDeviceName)
+		}
 		if err != nil {
 			return fmt.Errorf("app: enroll %s: %w", AdminDeviceName, err)
 		}
@@ -615,6 +625,12 @@ func (a *App) Close() error {
 		if a.reg != nil {
 			if err := a.reg.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("app: close registry: %w", err))
+			}
+		}
+		// After everything that writes to the cluster's state.
+		if a.node != nil {
+			if err := a.node.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close cluster node: %w", err))
 			}
 		}
 		// Last: the listeners asked them at every handshake.

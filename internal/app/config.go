@@ -112,6 +112,9 @@ type Config struct {
 	// Federation is the partner trust domains whose SVIDs the gateway
 	// accepts, and the bundle endpoint it serves for its own.
 	Federation FederationConfig `yaml:"federation"`
+	// Cluster makes the gateway one node of a cluster (see ClusterConfig);
+	// nil: a single node.
+	Cluster *ClusterConfig `yaml:"cluster"`
 
 	// Logger, when set, is used instead of one built from LogLevel and
 	// LogFormat. It cannot be set from a file.
@@ -612,7 +615,10 @@ func (c Config) validate() error {
 	if err := c.Federation.validate(own, c.Identity.Source); err != nil {
 		return err
 	}
-	return c.Identity.validateAdmins(c.ServedTrustDomains())
+	if err := c.Identity.validateAdmins(c.ServedTrustDomains()); err != nil {
+		return err
+	}
+	return c.Cluster.validate(c.ServedTrustDomains())
 }
 
 // ServedTrustDomains are the trust domains whose SVIDs the gateway accepts:

@@ -183,7 +183,11 @@ func (a *App) ensureBootstrapAdmins() error {
 			SPIFFEID: id.String(),
 			Labels:   map[string]string{"role": "admin"},
 			Status:   registry.StatusActive,
-		}); err != nil {
+		}); errors.Is(err, registry.ErrExists) {
+			// Another node of the cluster, starting at the same time,
+			// registered it first.
+			continue
+		} else if err != nil {
 			return fmt.Errorf("app: bootstrap admin %s: %w", id, err)
 		}
 		a.log.Info("bootstrap admin registered", "device", name, "spiffe_id", id.String())

@@ -84,6 +84,13 @@ func Start(t testing.TB, n int) *Cluster {
 // StartNoWait is Start without waiting for JetStream.
 func StartNoWait(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartWith(t, n, nil)
+}
+
+// StartWith is StartNoWait with tweak called on each node's config before
+// the node starts (nil: none).
+func StartWith(t testing.TB, n int, tweak func(i int, cfg *cluster.NodeConfig)) *Cluster {
+	t.Helper()
 	for attempt := 1; attempt <= startAttempts; attempt++ {
 		addrs := FreePorts(t, n)
 		tc := &Cluster{t: t, Cfgs: make([]cluster.NodeConfig, n), Nodes: make([]*cluster.Node, n)}
@@ -95,6 +102,9 @@ func StartNoWait(t testing.TB, n int) *Cluster {
 				Listen:  addrs[i],
 				Peers:   Others(addrs, i),
 				DataDir: t.TempDir(),
+			}
+			if tweak != nil {
+				tweak(i, &tc.Cfgs[i])
 			}
 			if tc.Nodes[i], err = cluster.StartNode(context.Background(), tc.Cfgs[i]); err != nil {
 				break

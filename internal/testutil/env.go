@@ -125,6 +125,20 @@ func Start(t testing.TB, opts ...Option) *Env {
 // logs; configure, if not nil, changes the configuration last.
 func start(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), opts []Option) (*Env, app.Config) {
 	t.Helper()
+	cfg := configFor(t, logs, configure, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := app.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start gateway: %v", err)
+	}
+	return envOf(t, a, cfg, logs), cfg
+}
+
+// configFor is the configuration of a test gateway in a fresh temporary
+// directory, logging to logs; configure, if not nil, changes it last.
+func configFor(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), opts []Option) app.Config {
+	t.Helper()
 	var o options
 	for _, opt := range opts {
 		opt(&o)
@@ -154,13 +168,13 @@ func start(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), o
 	if configure != nil {
 		configure(&cfg)
 	}
+	return cfg
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a, err := app.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start gateway: %v", err)
-	}
+// envOf binds a started gateway to the test: closed when it ends, its log
+// printed if it failed.
+func envOf(t testing.TB, a *app.App, cfg app.Config, logs *testpki.LogBuffer) *Env {
+	t.Helper()
 	t.Cleanup(func() {
 		if err := a.Close(); err != nil {
 			t.Errorf("close gateway: %v", err)
@@ -181,7 +195,7 @@ func start(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), o
 		// Files or the Workload API: the gateway is verified against the
 		// bundle it started with, and has no CA key or dev admin.
 		e.setBundle(t)
-		return e, cfg
+		return e
 	}
 	e.bundlePEM, e.caCert = a.CA().BundlePEM(), a.CA().Certificate()
 	e.roots = x509.NewCertPool()
@@ -199,7 +213,7 @@ func start(t testing.TB, logs *testpki.LogBuffer, configure func(*app.Config), o
 		Dir:  a.AdminDir(),
 		env:  e,
 	}
-	return e, cfg
+	return e
 }
 
 // setBundle takes the roots and bundle.pem of the devices from the

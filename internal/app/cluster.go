@@ -1,0 +1,116 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/ztgate/ztgate/cluster"
+)
+
+// ClusterSubdir is the directory under the data directory of a cluster
+// node: the embedded NATS server's JetStream store (nats/) and the node's
+// checkpoint of the replicated registry (registry.db). A single-node
+// registry.db is never read in cluster mode: its devices go into the
+// cluster through `ztgate device import`.
+const ClusterSubdir = "cluster"
+
+// openCluster starts (or connects to) this node's NATS and waits, within
+// cluster.start_timeout, until JetStream has a quorum: the registry and the
+// policy of a cluster node come from it, so without one there is nothing
+// safe to serve.
+func (a *App) openCluster(ctx context.Context) error {
+	cc := a.cfg.Cluster
+	ctx, cancel := context.WithTimeout(ctx, cc.EffectiveStartTimeout())
+	defer cancel()
+	svid, err := a.src.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("app: cluster: serving SVID: %w", err)
+	}
+	if cc.Embedded() {
+		peers, err := peerIDs(cc, svid.ID)
+		if err != nil {
+			return err
+		}
+		a.node, err = cluster.StartNode(ctx, cluster.NodeConfig{
+			Name:    cc.Name,
+			Node:    cc.Node,
+			Listen:  cc.Listen,
+			Peers:   cc.Peers,
+			DataDir: filepath.Join(a.cfg.DataDir, ClusterSubdir, "nats"),
+			TLS:     cluster.RouteTLS(a.src, a.src, tlsconfig.AuthorizeOneOf(peers...)),
+			Logger:  a.log.With("component", "nats"),
+		})
+		if err != nil {
+			return fmt.Errorf("app: %w", err)
+		}
+	} else {
+		tc, err := natsClientTLS(a, cc)
+		if err != nil {
+			return err
+		}
+		if a.node, err = cluster.Dial(ctx, cluster.DialConfig{URL: cc.NATSURL, Node: cc.Node, TLS: tc}); err != nil {
+			return fmt.Errorf("app: %w", err)
+		}
+	}
+	start := time.Now()
+	a.log.Info("cluster: waiting for a JetStream quorum", "cluster", cc.Name, "node", cc.Node, "timeout", cc.EffectiveStartTimeout().String())
+	if err := a.node.WaitJetStream(ctx); err != nil {
+		return fmt.Errorf("app: cluster %s: no quorum within %s (are the other nodes up and reachable?): %w", cc.Name, cc.EffectiveStartTimeout(), err)
+	}
+	a.log.Info("cluster: JetStream ready", "node", cc.Node, "peers", a.node.Peers(), "took", time.Since(start).Round(time.Millisecond).String())
+	return nil
+}
+
+// peerIDs are the SPIFFE IDs admitted at the other end of a route:
+// cluster.peer_ids, else this node's own serving ID (with one CA every
+// node's serving SVID has it; a device SVID of that CA never does).
+func peerIDs(cc *ClusterConfig, own spiffeid.ID) ([]spiffeid.ID, error) {
+	if len(cc.PeerIDs) == 0 {
+		return []spiffeid.ID{own}, nil
+	}
+	ids := make([]spiffeid.ID, 0, len(cc.PeerIDs))
+	for _, s := range cc.PeerIDs {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return nil, fmt.Errorf("app: cluster.peer_ids: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// natsClientTLS is the client TLS to an external NATS: the serving SVID as
+// client certificate (so the NATS operator can admit the gateway by it) and
+// the servers verified by nats_ca_file or the system roots. nil for a
+// nats:// URL, which the cluster package allows only to loopback.
+func natsClientTLS(a *App, cc *ClusterConfig) (*tls.Config, error) {
+	if !strings.HasPrefix(cc.NATSURL, "tls://") {
+		return nil, nil
+	}
+	tc := &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		GetClientCertificate: tlsconfig.GetClientCertificate(a.src),
+	}
+	if cc.NATSCAFile != "" {
+		raw, err := os.ReadFile(cc.NATSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("app: cluster.nats_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(raw) {
+			return nil, errors.New("app: cluster.nats_ca_file: no PEM certificate in it")
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}

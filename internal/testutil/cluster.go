@@ -1,0 +1,126 @@
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ztgate/ztgate/identity"
+	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/testcluster"
+	"github.com/ztgate/ztgate/internal/testpki"
+)
+
+// ClusterStartTimeout bounds the start of a test cluster: the nodes wait
+// for each other's quorum, slow under -race on a shared machine.
+const ClusterStartTimeout = 90 * time.Second
+
+// Cluster is n gateways that are the nodes of one ztgate cluster on
+// loopback, sharing one CA; Nodes[i] is node "n<i>".
+type Cluster struct {
+	Nodes []*Env
+	cfgs  []app.Config
+	logs  []*testpki.LogBuffer
+}
+
+// StartCluster runs n gateways (n >= 3 for a quorum that survives a node)
+// as one cluster: each with its own data directory and ports, the same
+// built-in CA, embedded NATS routes to each other. They start at once, as
+// they must: each waits for a quorum before it serves.
+func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
+	t.Helper()
+	caDir := filepath.Join(t.TempDir(), "ca")
+	if _, err := identity.LoadOrCreateCA(caDir, spiffeid.RequireTrustDomainFromString(TrustDomain)); err != nil {
+		t.Fatalf("cluster CA: %v", err)
+	}
+	routes := testcluster.FreePorts(t, n)
+	c := &Cluster{cfgs: make([]app.Config, n), logs: make([]*testpki.LogBuffer, n), Nodes: make([]*Env, n)}
+	for i := range n {
+		c.logs[i] = &testpki.LogBuffer{}
+		c.cfgs[i] = configFor(t, c.logs[i], func(cfg *app.Config) {
+			cfg.Identity.CADir = caDir
+			cfg.Cluster = &app.ClusterConfig{
+				Name:         "ztgate-test",
+				Node:         "n" + strconv.Itoa(i),
+				Listen:       routes[i],
+				Peers:        testcluster.Others(routes, i),
+				StartTimeout: ClusterStartTimeout,
+			}
+		}, opts)
+	}
+	apps := make([]*app.App, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { apps[i], errs[i] = startApp(c.cfgs[i]) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			for _, a := range apps {
+				if a != nil {
+					_ = a.Close()
+				}
+			}
+			for j := range n {
+				t.Logf("node n%d log:\n%s", j, c.logs[j].String())
+			}
+			t.Fatalf("start cluster node n%d: %v", i, err)
+		}
+	}
+	for i, a := range apps {
+		c.Nodes[i] = envOf(t, a, c.cfgs[i], c.logs[i])
+	}
+	return c
+}
+
+func startApp(cfg app.Config) (*app.App, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ClusterStartTimeout+10*time.Second)
+	defer cancel()
+	return app.Start(ctx, cfg)
+}
+
+// Stop closes node i, as a clean shutdown.
+func (c *Cluster) Stop(t testing.TB, i int) {
+	t.Helper()
+	if err := c.Nodes[i].App.Close(); err != nil {
+		t.Fatalf("stop node n%d: %v", i, err)
+	}
+}
+
+// Restart starts node i again on its data directory and route address
+// (its MQTT and API ports are new) and returns its new Env.
+func (c *Cluster) Restart(t testing.TB, i int) *Env {
+	t.Helper()
+	var a *app.App
+	var err error
+	for attempt := 1; attempt <= 5; attempt++ {
+		if a, err = startApp(c.cfgs[i]); err == nil || !testcluster.IsAddrInUse(err) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("restart node n%d: %v\n%s", i, err, c.logs[i].String())
+	}
+	c.Nodes[i] = envOf(t, a, c.cfgs[i], c.logs[i])
+	return c.Nodes[i]
+}
+
+// Log is node i's log so far.
+func (c *Cluster) Log(i int) string { return c.logs[i].String() }
+
+// String names the nodes and their MQTT addresses, for failure messages.
+func (c *Cluster) String() string {
+	s := ""
+	for i, e := range c.Nodes {
+		s += fmt.Sprintf("n%d=%s ", i, e.MQTTAddr)
+	}
+	return s
+}
