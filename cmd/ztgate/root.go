@@ -54,7 +54,7 @@ bootstrap token into an SVID and "ztgate renew" keeps it fresh.`,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	root.AddCommand(c.newDevCmd(), c.newServeCmd(), c.newDeviceCmd(), c.newBootstrapEnrollCmd(),
-		c.newAuditCmd(), c.newPolicyCmd(), c.newBenchCmd(), c.newRenewCmd())
+		c.newAuditCmd(), c.newPolicyCmd(), c.newBenchCmd(), c.newRenewCmd(), c.newCACmd())
 	return root
 }
 

@@ -105,6 +105,16 @@ func (c *cli) newServeCmd() *cobra.Command {
     bundle_refresh_hint: 5m
     trust_domains: []       # partners: trust_domain, url, profile (https_web | https_spiffe),
                             # endpoint_spiffe_id, bundle_file, ca_file, refresh_interval
+  cluster:                  # absent: one node. See docs/cluster.md
+    name: ztgate            # the same on every node
+    node: a                 # this node's name, unique
+    listen: 0.0.0.0:6222    # embedded NATS route address (mTLS with the node's SVID)
+    peers: []               # route addresses of the other nodes
+    nats_url: ""            # instead of listen/peers: an existing NATS cluster (tls://)
+    nats_ca_file: ""        # roots for a tls:// nats_url; empty: the system roots
+    replicas: 3             # JetStream replicas: 1, 3 or 5
+    peer_ids: []            # SPIFFE IDs admitted on routes; empty: this node's own
+    start_timeout: 2m       # wait at start for a quorum
 
 With identity.source files or workload_api the gateway signs nothing: devices
 are registered with "ztgate device register" and the first admin is one of
