@@ -125,6 +125,13 @@ func (s *Server) putPolicyModule(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "the policy has no backing directory, so an uploaded module could not be kept; "+
 			"run with a policy directory")
 		return
+	case errors.Is(err, policy.ErrNotCommitted):
+		// A cluster node that could not write the module to the cluster
+		// (no quorum, or another node changed the policy first): it is
+		// neither in force nor kept anywhere.
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
 	case err != nil:
 		s.internalError(w, "put policy module", err)
 		return

@@ -52,6 +52,10 @@ type NodeConfig struct {
 	Logger *slog.Logger // nil discards the server's log
 }
 
+// MaxPayload is the largest NATS message of an embedded node: an MQTT
+// PUBLISH of up to 3 MiB with its envelope.
+const MaxPayload = 4 << 20
+
 // Node is a running embedded NATS server with JetStream and an in-process
 // client connection to it.
 type Node struct {
@@ -217,6 +221,15 @@ func (n *Node) jetStreamReady() bool {
 	return info.Meta.Leader != "" && n.srv.JetStreamIsCurrent()
 }
 
+// CheckQuorum asks the JetStream meta leader for account information: it
+// answers only while a majority of the cluster elects it.
+func (n *Node) CheckQuorum(ctx context.Context) error {
+	if _, err := n.js.AccountInfo(ctx); err != nil {
+		return classify("quorum check", err)
+	}
+	return nil
+}
+
 // leaderAnswers asks the meta leader for account info. Local state alone is
 // not enough: right after the leader dies, followers still name it until the
 // election timeout, and only the live leader answers this request.
@@ -283,9 +296,12 @@ func (cfg NodeConfig) serverOptions(token string) (*server.Options, error) {
 			// A handshake verifies a chain and may wait on a busy peer.
 			TLSTimeout: 5,
 		},
-		Routes:    routes,
-		JetStream: true,
-		StoreDir:  cfg.DataDir,
+		Routes: routes,
+		// A message between nodes is an MQTT payload in an envelope:
+		// room for the largest PUBLISH the gateway takes by default (1 MiB).
+		MaxPayload: MaxPayload,
+		JetStream:  true,
+		StoreDir:   cfg.DataDir,
 		// Embedded in ztgate: the gateway owns signal handling.
 		NoSigs: true,
 	}, nil

@@ -76,6 +76,7 @@ type Engine struct {
 
 	loadMu sync.Mutex // serializes loads, so revisions land in call order
 	dir    string     // backing directory of the accepted sources; guarded by loadMu
+	commit CommitFunc // offered each new set before it is activated; guarded by loadMu
 
 	cbMu       sync.Mutex
 	onActivate []func(Status)

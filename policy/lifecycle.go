@@ -14,8 +14,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/ztgate/ztgate/internal/atomicfile"
 )
 
 // Status describes the policy in force and the last refused change.
@@ -158,7 +156,9 @@ var moduleName = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,249}\.rego$`
 // directory and then activated, so an accepted module is never lost to a
 // restart and a refused one leaves the directory untouched. A refused module
 // yields an error wrapping ErrPolicyRejected; a bad name one wrapping
-// ErrInvalidModuleName; no backing directory ErrNoBackingDir.
+// ErrInvalidModuleName; no backing directory ErrNoBackingDir; a module the
+// CommitFunc (SetCommit) refuses, one wrapping ErrNotCommitted, and the
+// file is put back as it was.
 func (e *Engine) PutModule(name string, src []byte) error {
 	if !moduleName.MatchString(name) {
 		return fmt.Errorf("%w %q: want a file name like name.rego of letters, digits, '_', '.' and '-' (no directory, not hidden, at most 255 bytes)", ErrInvalidModuleName, name)
@@ -190,9 +190,14 @@ func (e *Engine) PutModule(name string, src []byte) error {
 		return e.reject(err)
 	}
 	// Atomic so that the watcher, or a restart, reads the old module or the
-	// new one, never a part.
-	if err := atomicfile.WriteFile(filepath.Join(dir, name), src, 0o644); err != nil {
+	// new one, never a part. Kept before it is committed, so a cluster never
+	// takes a module this node could not keep; undone if it is not.
+	ch := &dirChange{dir: dir}
+	if err := ch.write(name, src); err != nil {
 		return fmt.Errorf("policy: keeping module %s: %w", name, err)
+	}
+	if err := e.commitSet(cur, next); err != nil {
+		return e.reject(ch.undone(err))
 	}
 	e.accept(cur, next, dir)
 	return nil
@@ -203,6 +208,9 @@ func (e *Engine) apply(srcs []source, dir string) error {
 	cur := e.cur.Load()
 	next, err := e.check(cur, srcs)
 	if err != nil {
+		return e.reject(err)
+	}
+	if err := e.commitSet(cur, next); err != nil {
 		return e.reject(err)
 	}
 	e.accept(cur, next, dir)

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -37,7 +38,8 @@ type ImportResult struct {
 // device with its audit entry (actor, action device.create); a batch is
 // durable before the next one starts. The error return is for a failure of
 // the store itself (closed, disk): results then cover the rows of the
-// batches written before it.
+// batches written before it. On a replicated store a batch too large for
+// one log record is split into smaller ones.
 func (s *Store) Import(rows []Device, actor string, opts ...WriteOption) ([]ImportResult, error) {
 	o, err := options(append(opts[:len(opts):len(opts)], WithActor(actor)))
 	if err != nil {
@@ -45,8 +47,9 @@ func (s *Store) Import(rows []Device, actor string, opts ...WriteOption) ([]Impo
 	}
 	o.detail = strings.TrimPrefix(o.detail+"; import", "; ")
 	results := make([]ImportResult, 0, len(rows))
-	for start := 0; start < len(rows); start += importBatch {
-		batch := rows[start:min(start+importBatch, len(rows))]
+	size := importBatch
+	for start := 0; start < len(rows); {
+		batch := rows[start:min(start+size, len(rows))]
 		var res []ImportResult
 		err := s.write(func(w *writeTxn) error {
 			res = make([]ImportResult, len(batch))
@@ -56,10 +59,17 @@ func (s *Store) Import(rows []Device, actor string, opts ...WriteOption) ([]Impo
 			}
 			return nil
 		})
+		// A replicated batch too large for one log record was not
+		// written: halve it until it fits, down to a single row.
+		if errors.Is(err, ErrRecordTooLarge) && len(batch) > 1 {
+			size = len(batch) / 2
+			continue
+		}
 		if err != nil {
 			return results, err
 		}
 		results = append(results, res...)
+		start += len(batch)
 	}
 	return results, nil
 }

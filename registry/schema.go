@@ -30,6 +30,11 @@ var (
 	bucketAudit   = []byte("audit")   // big-endian sequence -> JSON audit entry
 	bucketMeta    = []byte("meta")
 	keyVersion    = []byte("schema_version")
+	// keyAppliedSeq and keyAppliedID checkpoint a replicated store: the
+	// sequence (big-endian) and record ID of the last log record applied.
+	// A single-node store writes neither.
+	keyAppliedSeq = []byte("applied_seq")
+	keyAppliedID  = []byte("applied_id")
 )
 
 // schemaVersion is the on-disk format written to meta/schema_version. The

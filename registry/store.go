@@ -32,6 +32,8 @@ type Store struct {
 	// beforeCommit, when set (by tests), runs at the end of every bbolt
 	// write transaction; an error rolls the whole transaction back.
 	beforeCommit func(tx *bbolt.Tx) error
+	// repl is the replicated log this store follows; nil for a single node.
+	repl *replica
 }
 
 // Open opens (creating if needed) the bbolt file at path and loads memdb from
@@ -39,6 +41,18 @@ type Store struct {
 // that does not decode or validate fails Open with an error naming its key.
 // Expired bootstrap tokens are pruned (a bounded number per Open).
 func Open(path string) (*Store, error) {
+	s, err := openStore(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.pruneExpired(path); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// openStore opens the bbolt file and loads memdb from it.
+func openStore(path string) (*Store, error) {
 	db, err := newMemDB()
 	if err != nil {
 		return nil, err
@@ -56,19 +70,28 @@ func Open(path string) (*Store, error) {
 	s.count.Store(int64(n))
 	ch := make(chan struct{})
 	s.watch.Store(&ch)
+	return s, nil
+}
+
+// pruneExpired removes expired tokens at open; on failure it closes s.
+func (s *Store) pruneExpired(path string) error {
 	if err := s.write(func(w *writeTxn) error {
 		_, err := w.pruneTokens(w.now, pruneOnOpen)
 		return err
 	}); err != nil {
 		_ = s.Close()
-		return nil, fmt.Errorf("registry: open %s: prune expired tokens: %w", path, err)
+		return fmt.Errorf("registry: open %s: prune expired tokens: %w", path, err)
 	}
-	return s, nil
+	return nil
 }
 
 // Close closes the bbolt file and wakes every Watch channel. Later calls on
 // the store return ErrClosed; a second Close returns nil.
 func (s *Store) Close() error {
+	// The follower applies under s.mu: stop it before taking the lock.
+	if s.repl != nil {
+		s.repl.stop()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Swap(true) {

@@ -22,6 +22,10 @@ type writeTxn struct {
 	// device record changed (and so whether Watch fires).
 	delta   int64
 	devices bool
+	// seq and id, on a replicated store, are the log record this change
+	// is: persist checkpoints them with the change.
+	seq uint64
+	id  string
 }
 
 type diskOp struct {
@@ -131,6 +135,9 @@ func (w *writeTxn) record(o writeOptions, action, target, detail string) {
 // fsync included, and only then to memdb: memory never runs ahead of the
 // disk. A change that stages nothing is a no-op.
 func (s *Store) write(fn func(w *writeTxn) error) error {
+	if s.repl != nil {
+		return s.writeReplicated(fn)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
@@ -192,6 +199,11 @@ func (s *Store) persist(w *writeTxn) error {
 				if err := b.Put(auditKey(seq), val); err != nil {
 					return err
 				}
+			}
+		}
+		if w.seq != 0 {
+			if err := putCheckpoint(tx, w.seq, w.id); err != nil {
+				return err
 			}
 		}
 		if s.beforeCommit != nil {
