@@ -83,6 +83,15 @@ type Config struct {
 	// it, deciding again what comes back (restore.go). The caller closes
 	// it after Close.
 	Store *brokerstore.Store
+	// Sessions is the cluster's session directory: sessions move between
+	// nodes and a client ID is taken over across them
+	// (clustersession.go). nil: a single node.
+	Sessions SessionDirectory
+	// Cluster links the gateway to the other nodes of its cluster
+	// (cluster.go): accepted messages are forwarded to them, theirs come
+	// back through DeliverRemote, and the retained messages are the
+	// cluster's. nil: a single node.
+	Cluster ClusterLink
 }
 
 // Gateway is the MQTT broker of ztgate.
@@ -115,8 +124,12 @@ type Gateway struct {
 	inputs sync.Pool
 
 	wills delayedWills
+	// cluster is the link to the other nodes (cluster.go).
+	cluster clusterState
 	// store is Config.Store; nil-safe to call.
 	store *brokerstore.Store
+	// dir is the session directory's side here; nil on a single node.
+	dir *directory
 
 	// reeval runs the re-evaluations Reevaluate asks for; watch is the
 	// state of the registry watcher.
@@ -222,6 +235,7 @@ func New(cfg Config) (*Gateway, error) {
 		LazyOutboundQueue: true,
 	})
 	g.wills.init(g)
+	g.cluster.init(g, cfg.Cluster)
 	g.hook = &hook{g: g}
 	if err := g.server.AddHook(g.hook, nil); err != nil {
 		g.cancel()
@@ -230,6 +244,14 @@ func New(cfg Config) (*Gateway, error) {
 	// After the gateway's hook: see brokerstore.Store.Hook.
 	if g.store != nil {
 		if err := g.server.AddHook(g.store.Hook(), nil); err != nil {
+			g.cancel()
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
+	// After the store's hook: the record follows the stored session.
+	if cfg.Sessions != nil {
+		g.initDirectory(cfg.Sessions)
+		if err := g.server.AddHook(&dirHook{g: g}, nil); err != nil {
 			g.cancel()
 			return nil, fmt.Errorf("gateway: %w", err)
 		}
@@ -251,6 +273,12 @@ func (g *Gateway) Start() error {
 	}
 	if err := g.restore(); err != nil {
 		return err
+	}
+	if err := g.loadClusterRetained(); err != nil {
+		return err
+	}
+	if err := g.serveTakeovers(); err != nil {
+		return fmt.Errorf("gateway: %w", err)
 	}
 	tcp, err := net.Listen("tcp", g.addr)
 	if err != nil {
@@ -331,6 +359,7 @@ func (g *Gateway) Close() error {
 	started := g.started
 	g.mu.Unlock()
 
+	g.stopTakeovers()
 	g.cancel()
 	g.wills.stopAll()
 	g.stopDenials()
@@ -347,6 +376,7 @@ func (g *Gateway) Close() error {
 		err = g.server.Close()
 	}
 	g.wg.Wait()
+	g.closeDirectory()
 	if err != nil {
 		return fmt.Errorf("gateway: close: %w", err)
 	}

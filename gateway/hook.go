@@ -139,6 +139,11 @@ func (h *hook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	if s.hasWill && !g.allowWill(s, s.will) {
 		return refuse("will denied", "spiffe_id", spiffeID)
 	}
+	// In a cluster, the session of the client ID on another node ends and
+	// comes here, for mochi to hand to this connection (clustersession.go).
+	if code, why := g.claim(s, scopedClientID(spiffeID, clientID), cl.Properties.Clean); why != "" {
+		return g.refuseClaim(s, code, why)
+	}
 
 	// Bind the client ID to the identity for everything mochi keys on it.
 	cl.ID = scopedClientID(spiffeID, clientID)
@@ -407,17 +412,25 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if cl == g.wills.client {
 		return pk, nil // a delayed will, decided when its timer fired
 	}
+	if cl == g.cluster.client {
+		return pk, nil // another node's, decided and forwarded there (DeliverRemote)
+	}
 	s := g.session(cl)
+	code, reason := packets.ErrNotAuthorized, reasonPublishDenied
 	if s != nil && s.life.load().active() && g.allowPublish(s, pk) {
-		return pk, nil
+		// In a cluster, stored by the cluster before mochi acknowledges it.
+		if g.forwardPublish(s, &pk) {
+			return pk, nil
+		}
+		code, reason = codeClusterUnavailable, reasonClusterUnavailable
 	}
 	switch {
 	case pk.FixedHeader.Qos == 0 || cl.Net.Inline:
 	case cl.Properties.ProtocolVersion < 5:
 		if s != nil && g.startEnding(s) {
-			g.metrics.Disconnected(reasonPublishDenied)
+			g.metrics.Disconnected(reason)
 		}
-		cl.Stop(packets.ErrNotAuthorized)
+		cl.Stop(code)
 	default:
 		ack := packets.Puback
 		if pk.FixedHeader.Qos == 2 {
@@ -426,8 +439,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		_ = cl.WritePacket(packets.Packet{
 			FixedHeader: packets.FixedHeader{Type: ack},
 			PacketID:    pk.PacketID,
-			ReasonCode:  packets.ErrNotAuthorized.Code,
-			Properties:  packets.Properties{ReasonString: packets.ErrNotAuthorized.Reason},
+			ReasonCode:  code.Code,
+			Properties:  packets.Properties{ReasonString: code.Reason},
 		})
 	}
 	return pk, packets.ErrRejectPacket
@@ -466,6 +479,7 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	if !g.allowWill(s, will) {
 		return mqtt.Will{}, nil
 	}
+	g.forwardWill(s.spiffeID, will)
 	return will, nil
 }
 

@@ -47,13 +47,13 @@ func (g *Gateway) restore() error {
 	kept := make(map[string]*session, len(st.Sessions))
 	var dropped, subsRemoved int
 	for _, rec := range st.Sessions {
-		s, removed, why := g.restoreSession(rec, now)
+		s, removed, why, err := g.restoreOne(rec, now, true)
+		if err != nil {
+			return err
+		}
 		if why != "" {
 			dropped++
 			g.log.Info("gateway: stored session not restored", "reason", why, "client_id", rec.ClientID)
-			if err := g.store.DeleteSession(rec.ClientID); err != nil {
-				return fmt.Errorf("gateway: restore: %w", err)
-			}
 			continue
 		}
 		subsRemoved += removed
@@ -65,6 +65,29 @@ func (g *Gateway) restore() error {
 		"subscriptions_removed", subsRemoved, "retained", retained, "delayed_wills", wills,
 		"journal_replayed", replayed, "unreadable_records", st.Dropped, "fsync", g.store.Fsync())
 	return nil
+}
+
+// restoreOne restores the stored session rec (restoreSession), or deletes
+// it from the store, and its directory record, when it may not come back
+// (why). It is the one path of a session stored here at start (atStart:
+// checked first against the session directory) and of a session another
+// node handed over (claim), which is stored first.
+func (g *Gateway) restoreOne(rec *brokerstore.Session, now time.Time, atStart bool) (s *session, removed int, why string, err error) {
+	if atStart {
+		if why, err = g.heldElsewhere(rec.ClientID); err != nil {
+			return nil, 0, "", fmt.Errorf("gateway: restore: %w", err)
+		}
+	}
+	if why == "" {
+		if s, removed, why = g.restoreSession(rec, now); why == "" {
+			return s, removed, "", nil
+		}
+	}
+	if err := g.store.DeleteSession(rec.ClientID); err != nil {
+		return nil, 0, why, fmt.Errorf("gateway: restore: %w", err)
+	}
+	g.dirDelete(rec.ClientID)
+	return nil, 0, why, nil
 }
 
 // restoreSession decides a stored session again and, when it may stay,
@@ -134,7 +157,10 @@ func (g *Gateway) restoreSession(rec *brokerstore.Session, now time.Time) (s *se
 		}
 		cl.State.Subscriptions.Add(sub.Filter, sub)
 	}
-	for _, pk := range rec.Inflight {
+	// mochi resends them in the order of their creation times.
+	queued := queueOrder(append([]packets.Packet(nil), rec.Inflight...))
+	sequenceCreated(queued)
+	for _, pk := range queued {
 		if cl.State.Inflight.Set(pk) {
 			atomic.AddInt64(&g.server.Info.Inflight, 1)
 		}
@@ -155,6 +181,16 @@ func (g *Gateway) restoreSession(rec *brokerstore.Session, now time.Time) (s *se
 // would not know it either way): its messages are cleared, as they would
 // have been had the gateway been up.
 func (g *Gateway) restoreRetained(msgs []packets.Packet, now time.Time) int {
+	if g.cluster.link != nil {
+		// The cluster's set replaces the local copy (loadClusterRetained);
+		// judged against a registry that may lag behind the cluster's,
+		// the copy could clear the cluster's messages of devices this node
+		// does not know yet.
+		for i := range msgs {
+			_ = g.store.DeleteRetained(msgs[i].TopicName)
+		}
+		return 0
+	}
 	n := 0
 	publishers := map[string]bool{}
 	for _, pk := range msgs {

@@ -95,6 +95,7 @@ func (g *Gateway) clearRetained(topic, spiffeID string) bool {
 	if err := g.store.DeleteRetained(topic); err != nil {
 		g.log.Error("gateway: stored retained message not deleted", "topic", topic, "err", err)
 	}
+	g.clearClusterRetained(topic, spiffeID)
 	return r < 0
 }
 
@@ -105,8 +106,13 @@ func (g *Gateway) clearRetained(topic, spiffeID string) bool {
 // client ID in Connect.ClientIdentifier (see delayedWills.fire).
 func publisherID(pk *packets.Packet) string {
 	origin := pk.Origin
-	if origin == willClientID {
+	switch origin {
+	case willClientID:
 		origin = pk.Connect.ClientIdentifier
+	case clusterClientID:
+		// Another node's message carries its publisher's SPIFFE ID
+		// (ClusterMessage.packet).
+		return remotePublisher(pk.Connect.ClientIdentifier)
 	}
 	if !strings.HasPrefix(origin, "spiffe://") {
 		return ""

@@ -289,6 +289,7 @@ func (g *Gateway) forget(s *session) {
 	if err := g.store.DeleteSession(cl.ID); err != nil {
 		g.log.Error("gateway: stored session not deleted", "client_id", cl.ID, "err", err)
 	}
+	g.dirDelete(cl.ID)
 	g.sessions.Delete(cl)
 	g.flushDenials(s, true)
 }

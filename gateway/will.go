@@ -115,6 +115,7 @@ func (w *delayedWills) fire(key string, pw *pendingWill) {
 	if why, _ := g.refresh(s); why != "" || !g.allowWill(s, will) {
 		return
 	}
+	g.forwardWill(s.spiffeID, will)
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: will.Qos, Retain: will.Retain},
 		TopicName:   will.TopicName,

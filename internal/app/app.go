@@ -81,6 +81,10 @@ type App struct {
 	api      *api.Server
 	prom     *prometheus.Registry
 	node     *cluster.Node // nil unless cfg.Cluster is set
+	psync    *cluster.PolicySync
+	fabric   *cluster.Fabric
+	link     gateway.ClusterLink      // nil on a single node
+	sessions gateway.SessionDirectory // nil on a single node
 
 	// stop ends the background goroutines (policy watch, registry
 	// metrics); wg waits for them.
@@ -98,9 +102,6 @@ type App struct {
 func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	if cfg.Cluster != nil {
-		return nil, errors.New("app: cluster: this build cannot run cluster mode yet")
 	}
 	a := &App{cfg: cfg, log: cfg.Logger}
 	if a.log == nil {
@@ -143,7 +144,14 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		a.fed.Start(bg)
 	}
 
-	if a.reg, err = registry.Open(filepath.Join(cfg.DataDir, "registry.db")); err != nil {
+	if cfg.Cluster != nil {
+		if err := a.openCluster(ctx); err != nil {
+			return nil, err
+		}
+		if err := a.openReplicatedRegistry(ctx); err != nil {
+			return nil, err
+		}
+	} else if a.reg, err = registry.Open(filepath.Join(cfg.DataDir, "registry.db")); err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}
 	// Only the built-in CA can sign the dev admin's SVID; with an external
@@ -188,6 +196,13 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	if a.engine, err = a.newEngine(); err != nil {
 		return nil, err
 	}
+	if a.node != nil {
+		// Before anything decides: the cluster's revision wins over
+		// what this node's directory held.
+		if err := a.syncPolicy(ctx, bg); err != nil {
+			return nil, err
+		}
+	}
 	// The cache answers repeated decisions of a session (publish and
 	// delivery, twice per message) without the engine, when the revision
 	// in force allows it; decisionchain says why it, the metrics and the
@@ -221,6 +236,14 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		}
 	}
 
+	if a.node != nil {
+		if err := a.openSessionDirectory(ctx); err != nil {
+			return nil, err
+		}
+		if err := a.openFabric(ctx); err != nil {
+			return nil, err
+		}
+	}
 	gw, err := gateway.New(gateway.Config{
 		Addr:     cfg.MQTTAddr,
 		TLS:      identity.ServerTLSConfigFromSource(a.src, a.verifier),
@@ -232,6 +255,8 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 
 		KeepRetainedOnRevoke: !cfg.ClearRetainedOnRevoke,
 		Store:                a.store,
+		Sessions:             a.sessions,
+		Cluster:              a.link,
 		MaxPacketSize:        cfg.Limits.MaxPacketSize,
 		MaxConnectPacketSize: cfg.Limits.MaxConnectPacketSize,
 		Limits:               cfg.Limits.gatewayLimits(),
@@ -246,6 +271,17 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	a.engine.OnActivate(func(st policy.Status) { gw.Reevaluate("policy revision " + shortRev(st.Revision)) })
 	if err := gw.Start(); err != nil {
 		return nil, listenError("MQTT", cfg.MQTTAddr, err)
+	}
+	if a.fabric != nil {
+		// The other nodes' messages, until Close stops bg, before the
+		// gateway closes.
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := runClusterDelivery(bg, a.fabric, gw); err != nil && bg.Err() == nil {
+				a.log.Error("cluster: messages of the other nodes no longer delivered here", "err", err)
+			}
+		}()
 	}
 
 	bundleEndpoint, err := a.bundleEndpoint()
@@ -371,8 +407,21 @@ func (a *App) ready() error {
 	if a.gw == nil || a.gw.Addr() == nil {
 		return errors.New("MQTT listener not open")
 	}
+	if a.node != nil {
+		// A node cut off from the majority refuses CONNECTs (a session
+		// claim needs a quorum) and registry writes: a load balancer
+		// should send devices to the others.
+		ctx, cancel := context.WithTimeout(context.Background(), readyQuorumTimeout)
+		defer cancel()
+		if err := a.node.CheckQuorum(ctx); err != nil {
+			return fmt.Errorf("cluster: no quorum: %w", err)
+		}
+	}
 	return nil
 }
+
+// readyQuorumTimeout bounds the quorum probe of one readiness check.
+const readyQuorumTimeout = 2 * time.Second
 
 // watchRegistry keeps the registry gauges current. (Revocations are
 // counted by the gateway, which sees the sessions they end.)

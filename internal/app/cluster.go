@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/ztgate/ztgate/cluster"
+	"github.com/ztgate/ztgate/registry"
 )
 
 // ClusterSubdir is the directory under the data directory of a cluster
@@ -113,4 +114,66 @@ func natsClientTLS(a *App, cc *ClusterConfig) (*tls.Config, error) {
 		tc.RootCAs = pool
 	}
 	return tc, nil
+}
+
+// openReplicatedRegistry opens the registry as this node's copy of the
+// cluster's log, DATA_DIR/cluster/registry.db its checkpoint.
+func (a *App) openReplicatedRegistry(ctx context.Context) error {
+	rl, err := cluster.NewRegistryLog(ctx, a.node.JetStream(), a.cfg.Cluster.EffectiveReplicas())
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	a.reg, err = registry.OpenReplicated(filepath.Join(a.cfg.DataDir, ClusterSubdir, "registry.db"), rl,
+		registry.ReplicaOptions{Logger: a.log.With("component", "registry")})
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	return nil
+}
+
+// syncPolicy makes the policy the cluster's: its revision replaces this
+// node's at start, and from then on every change on any node goes through
+// the cluster before it takes effect anywhere (cluster.PolicySync).
+func (a *App) syncPolicy(ctx, bg context.Context) error {
+	ps, err := cluster.NewPolicySync(ctx, a.node.JetStream(), a.cfg.Cluster.Node, a.cfg.Cluster.EffectiveReplicas(),
+		a.engine, a.log.With("component", "policysync"))
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	if err := ps.Start(bg); err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	if st := ps.Status(); st.RefusedRevision != "" {
+		return fmt.Errorf("app: the cluster's policy revision %s is refused here: %s", shortRev(st.RefusedRevision), st.LastError)
+	}
+	a.psync = ps
+	return nil
+}
+
+// openSessionDirectory opens the cluster's directory of sessions: which
+// node holds each client's session, so that a client resumes it, or takes
+// it over, on any node.
+func (a *App) openSessionDirectory(ctx context.Context) error {
+	dir, err := cluster.NewSessionDirectory(ctx, a.node.JetStream(), a.node.Conn(), a.cfg.Cluster.Node,
+		cluster.SessionDirectoryOptions{Replicas: a.cfg.Cluster.EffectiveReplicas(), Logger: a.log.With("component", "sessions")})
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	a.sessions = dir
+	return nil
+}
+
+// openFabric opens the cluster's message streams: what a device publishes
+// here reaches subscribers on every node, and the retained messages are
+// the cluster's.
+func (a *App) openFabric(ctx context.Context) error {
+	f, err := cluster.NewFabric(ctx, a.node.JetStream(), a.node.Conn(), a.cfg.Cluster.Node, cluster.FabricOptions{
+		Replicas: a.cfg.Cluster.EffectiveReplicas(),
+		Logger:   a.log.With("component", "fabric"),
+	})
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	a.fabric, a.link = f, newClusterLink(f)
+	return nil
 }

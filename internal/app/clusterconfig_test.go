@@ -33,6 +33,7 @@ func TestClusterConfigValidate(t *testing.T) {
 		{"replicas default two nodes", func(c *ClusterConfig) { c.Peers = c.Peers[:1] }, "want 1, 3 or 5"},
 		{"negative start timeout", func(c *ClusterConfig) { c.StartTimeout = -1 }, "start_timeout must not be negative"},
 		{"peer id not spiffe", func(c *ClusterConfig) { c.PeerIDs = []string{"https://x"} }, "cluster.peer_ids[0]"},
+		{"packet too large for a node", func(*ClusterConfig) {}, "at most 3145728 in cluster mode"},
 		{"peer id other td", func(c *ClusterConfig) { c.PeerIDs = []string{"spiffe://other.example/ztgate"} }, "not in the gateway's trust domain"},
 	}
 	for _, tt := range tests {
@@ -40,6 +41,9 @@ func TestClusterConfigValidate(t *testing.T) {
 			cfg := DefaultConfig()
 			cfg.Cluster = base()
 			tt.mutate(cfg.Cluster)
+			if tt.name == "packet too large for a node" {
+				cfg.Limits.MaxPacketSize = 4 << 20
+			}
 			err := cfg.Validate()
 			if tt.wantErr == "" {
 				if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"gopkg.in/yaml.v3"
 
+	"github.com/ztgate/ztgate/cluster"
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/gateway"
 	"github.com/ztgate/ztgate/identity"
@@ -618,8 +619,19 @@ func (c Config) validate() error {
 	if err := c.Identity.validateAdmins(c.ServedTrustDomains()); err != nil {
 		return err
 	}
-	return c.Cluster.validate(c.ServedTrustDomains())
+	if err := c.Cluster.validate(c.ServedTrustDomains()); err != nil {
+		return err
+	}
+	if c.Cluster != nil && c.Limits.MaxPacketSize > maxClusterPacket {
+		// A PUBLISH crosses nodes as one NATS message with its envelope.
+		return fmt.Errorf("limits.max_packet_size %d: at most %d in cluster mode", c.Limits.MaxPacketSize, maxClusterPacket)
+	}
+	return nil
 }
+
+// maxClusterPacket leaves room in a NATS message for the envelope of a
+// message between nodes.
+const maxClusterPacket = cluster.MaxPayload - 1<<20
 
 // ServedTrustDomains are the trust domains whose SVIDs the gateway accepts:
 // its own, then the federated ones in the order of the configuration. The

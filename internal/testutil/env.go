@@ -200,7 +200,11 @@ func envOf(t testing.TB, a *app.App, cfg app.Config, logs *testpki.LogBuffer) *E
 	e.bundlePEM, e.caCert = a.CA().BundlePEM(), a.CA().Certificate()
 	e.roots = x509.NewCertPool()
 	e.roots.AddCert(e.caCert)
-	e.caKey = loadCAKey(t, filepath.Join(cfg.DataDir, "ca", identity.CAKeyFile))
+	caDir := cfg.Identity.CADir
+	if caDir == "" {
+		caDir = filepath.Join(cfg.DataDir, "ca")
+	}
+	e.caKey = loadCAKey(t, filepath.Join(caDir, identity.CAKeyFile))
 
 	admin, err := tls.LoadX509KeyPair(filepath.Join(a.AdminDir(), identity.SVIDFile), filepath.Join(a.AdminDir(), identity.SVIDKeyFile))
 	if err != nil {

@@ -1,0 +1,173 @@
+package test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/internal/testutil"
+	"github.com/ztgate/ztgate/registry"
+)
+
+// TestCluster runs one three-node cluster (in this process, embedded NATS
+// routes over mTLS on loopback) through what a cluster must do; the nodes
+// are A, B and C (n0, n1, n2). Devices are enrolled once, on A, and
+// connect to whichever node a case says: the registry is the cluster's.
+func TestCluster(t *testing.T) {
+	c := testutil.StartCluster(t, 3, testutil.WithExtraPolicy("zz_spy.rego", testutil.SpyPolicy))
+	a, b, cn := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	s1 := a.Enroll(t, "sensor-1", map[string]string{"role": "sensor"})
+	s2 := a.Enroll(t, "sensor-2", map[string]string{"role": "sensor"})
+	ctl := a.EnrollID(t, "ctl", "spiffe://example.org/controller/ctl", map[string]string{"role": "controller"})
+	waitDevice(t, cn, "ctl")
+
+	t.Run("PubOnBSubOnC", func(t *testing.T) {
+		sub := cn.MustConnect(t, ctl, "ctl-sub", nil)
+		sub.Sub(t, "devices/+/telemetry/#")
+		defer sub.Close()
+		pub := b.MustConnect(t, s1, "s1-pub", nil)
+		defer pub.Close()
+		for _, qos := range []byte{0, 1} {
+			topic := fmt.Sprintf("devices/sensor-1/telemetry/qos%d", qos)
+			pub.Pub(t, msg{Topic: topic, Payload: "from B", QoS: qos})
+			got := sub.Msgs.ExpectPayload(t, topic, "from B", wait)
+			if got.QoS != qos {
+				t.Fatalf("QoS %d message arrived on C with QoS %d", qos, got.QoS)
+			}
+		}
+		// Each message once, not once per node.
+		sub.Msgs.ExpectNone(t, quiet)
+	})
+
+	// The delivery is decided on the subscriber's node: sensor-2 on C is
+	// not granted sensor-1's telemetry, which B routed to every node; the
+	// controller on C (the positive control) is.
+	t.Run("DeliveryDecidedOnSubscribersNode", func(t *testing.T) {
+		nosy := cn.MustConnect(t, s2, "s2-nosy", nil)
+		defer nosy.Close()
+		if codes := nosy.SubscribeCodes(t, "devices/sensor-1/telemetry/#"); codes[0] < 0x80 {
+			t.Fatalf("sensor-2 was granted a subscription to sensor-1's telemetry on C: 0x%02x", codes[0])
+		}
+		ctlSub := cn.MustConnect(t, ctl, "ctl-sub2", nil)
+		defer ctlSub.Close()
+		ctlSub.Sub(t, "devices/sensor-1/telemetry/#")
+		pub := b.MustConnect(t, s1, "s1-pub2", nil)
+		defer pub.Close()
+		pub.Pub(t, msg{Topic: "devices/sensor-1/telemetry/t", Payload: "x", QoS: 1})
+		ctlSub.Msgs.ExpectPayload(t, "devices/sensor-1/telemetry/t", "x", wait)
+		nosy.Msgs.ExpectNone(t, quiet)
+	})
+
+	t.Run("RetainedOnAReadOnC", func(t *testing.T) {
+		pub := a.MustConnect(t, s1, "s1-retain", nil)
+		pub.Pub(t, msg{Topic: "devices/sensor-1/state", Payload: "on", QoS: 1, Retain: true})
+		pub.Close()
+		deadline := time.Now().Add(wait)
+		for {
+			sub := cn.MustConnect(t, ctl, "ctl-retained", nil)
+			sub.Sub(t, "devices/sensor-1/state")
+			m, ok := sub.Msgs.Take(time.Second)
+			sub.Close()
+			if ok {
+				if string(m.Payload) != "on" || !m.Retain {
+					t.Fatalf("retained on C: %q retain=%v, want \"on\" retained", m.Payload, m.Retain)
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the retained message set on A never reached a new subscriber on C")
+			}
+		}
+	})
+
+	t.Run("ClientMovesAToCWithItsQueue", func(t *testing.T) {
+		dev := a.Enroll(t, "mover", map[string]string{"role": "sensor"})
+		waitDevice(t, cn, "mover")
+		first := a.MustConnect(t, dev, "mover", persistent)
+		first.Sub(t, "devices/mover/commands/#")
+		first.Close()
+		cmd := a.MustConnect(t, ctl, "ctl-cmd", nil)
+		defer cmd.Close()
+		for i := range 5 {
+			cmd.Pub(t, msg{Topic: "devices/mover/commands/c", Payload: fmt.Sprint(i), QoS: 1})
+		}
+		moved := cn.MustConnect(t, dev, "mover", persistent)
+		defer moved.Close()
+		if !moved.Connack.SessionPresent {
+			t.Fatal("the client moving from A to C with Clean Start 0 got Session Present 0")
+		}
+		for i := range 5 {
+			moved.Msgs.ExpectPayload(t, "devices/mover/commands/c", fmt.Sprint(i), wait)
+		}
+		// The session is C's now: a command published on B reaches it.
+		cmdB := b.MustConnect(t, ctl, "ctl-cmd-b", nil)
+		defer cmdB.Close()
+		cmdB.Pub(t, msg{Topic: "devices/mover/commands/c", Payload: "after", QoS: 1})
+		moved.Msgs.ExpectPayload(t, "devices/mover/commands/c", "after", wait)
+		moved.Msgs.ExpectNone(t, quiet)
+	})
+
+	t.Run("TakeoverAcrossNodes", func(t *testing.T) {
+		old := a.MustConnect(t, s2, "s2-takeover", nil)
+		newer := cn.MustConnect(t, s2, "s2-takeover", nil)
+		if d := old.WaitDisconnect(t, wait); d.ReasonCode != 0x8E {
+			t.Fatalf("the session on A ended with reason 0x%02x, want 0x8E session taken over", d.ReasonCode)
+		}
+		newer.Sub(t, "devices/sensor-2/commands/#")
+		cmd := b.MustConnect(t, ctl, "ctl-takeover", nil)
+		defer cmd.Close()
+		cmd.Pub(t, msg{Topic: "devices/sensor-2/commands/x", Payload: "to the new one", QoS: 1})
+		newer.Msgs.ExpectPayload(t, "devices/sensor-2/commands/x", "to the new one", wait)
+		newer.Close()
+	})
+
+	t.Run("RevokeViaACutsSessionOnC", func(t *testing.T) {
+		dev := a.Enroll(t, "doomed", map[string]string{"role": "sensor"})
+		waitDevice(t, cn, "doomed")
+		live := cn.MustConnect(t, dev, "doomed", nil)
+		start := time.Now()
+		a.SetStatus(t, "doomed", "revoke")
+		d := live.WaitDisconnect(t, wait)
+		t.Logf("revoke on A to DISCONNECT on C: %s", time.Since(start))
+		if d.ReasonCode != 0x87 {
+			t.Fatalf("the session on C ended with reason 0x%02x, want 0x87 not authorized", d.ReasonCode)
+		}
+		cn.RequireRefused(t, dev, "doomed", nil, 0x87)
+		// Positive control: another device on C stays connected.
+		ok := cn.MustConnect(t, s1, "s1-stays", nil)
+		ok.Close()
+	})
+
+	t.Run("RestartedNodeSeesRegistryChanges", func(t *testing.T) {
+		c.Stop(t, 2)
+		a.Enroll(t, "while-c-down", map[string]string{"role": "sensor"})
+		a.SetStatus(t, "sensor-2", "suspend")
+		cn := c.Restart(t, 2)
+		d, err := cn.App.Registry().Get("while-c-down")
+		if err != nil {
+			t.Fatalf("restarted C: %v", err)
+		}
+		if d.Status != registry.StatusActive {
+			t.Fatalf("restarted C: while-c-down is %s", d.Status)
+		}
+		if got, _ := cn.App.Registry().Get("sensor-2"); got == nil || got.Status != registry.StatusSuspended {
+			t.Fatalf("restarted C: sensor-2 is %+v, want suspended", got)
+		}
+		cn.RequireRefused(t, s2, "s2-after", nil, 0x87)
+		cn.MustConnect(t, s1, "s1-after", nil).Close()
+	})
+}
+
+// waitDevice waits until node e's registry has device name: a write on
+// another node reaches it through the replicated log.
+func waitDevice(t *testing.T, e *testutil.Env, name string) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		if _, err := e.App.Registry().Get(name); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("device %s never reached node %s", name, e.MQTTAddr)
+}
