@@ -301,15 +301,7 @@ func (g *Gateway) indexRemoteRetained(pks []packets.Packet) {
 		if _, known := x.publishers[id]; known {
 			continue
 		}
-		p := &retainer{}
-		if gone := g.lookRetainer(id, p); gone != "" {
-			g.clearRetainedOf(id, gone)
-			continue
-		}
-		if x.publishers == nil {
-			x.publishers = make(map[string]*retainer)
-		}
-		x.publishers[id] = p
+		g.trackRetainer(x, id, &retainer{})
 	}
 }
 

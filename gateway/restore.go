@@ -212,15 +212,7 @@ func (g *Gateway) restoreRetained(msgs []packets.Packet, now time.Time) int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for id := range publishers {
-		p := &retainer{enrolled: true}
-		if gone := g.lookRetainer(id, p); gone != "" {
-			g.clearRetainedOf(id, gone)
-			continue
-		}
-		if x.publishers == nil {
-			x.publishers = make(map[string]*retainer)
-		}
-		x.publishers[id] = p
+		g.trackRetainer(x, id, &retainer{enrolled: true})
 	}
 	return int(atomic.LoadInt64(&g.server.Info.Retained))
 }

@@ -198,6 +198,20 @@ func (g *Gateway) recheckRetained() {
 	}
 }
 
+// trackRetainer puts publisher id, with p as its state, in the index of
+// retained publishers, unless its registry record says its retained
+// messages are to go, which it then clears. x.mu is held.
+func (g *Gateway) trackRetainer(x *retainedIndex, id string, p *retainer) {
+	if gone := g.lookRetainer(id, p); gone != "" {
+		g.clearRetainedOf(id, gone)
+		return
+	}
+	if x.publishers == nil {
+		x.publishers = make(map[string]*retainer)
+	}
+	x.publishers[id] = p
+}
+
 // lookRetainer reads the registry record of id into p and returns why its
 // retained messages are to go (reasonRevoked or reasonDeleted), "" while
 // they may stay. A registry that cannot answer clears nothing: it is looked

@@ -144,11 +144,17 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		a.fed.Start(bg)
 	}
 
+	// The cluster's streams and buckets are set up within one start
+	// timeout: the calls that make them retry until it ends.
+	cctx := ctx
 	if cfg.Cluster != nil {
-		if err := a.openCluster(ctx); err != nil {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, cfg.Cluster.EffectiveStartTimeout())
+		defer cancel()
+		if err := a.openCluster(cctx); err != nil {
 			return nil, err
 		}
-		if err := a.openReplicatedRegistry(ctx); err != nil {
+		if err := a.openReplicatedRegistry(cctx); err != nil {
 			return nil, err
 		}
 	} else if a.reg, err = registry.Open(filepath.Join(cfg.DataDir, "registry.db")); err != nil {
@@ -199,7 +205,7 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	if a.node != nil {
 		// Before anything decides: the cluster's revision wins over
 		// what this node's directory held.
-		if err := a.syncPolicy(ctx, bg); err != nil {
+		if err := a.syncPolicy(cctx, bg); err != nil {
 			return nil, err
 		}
 	}
@@ -237,10 +243,10 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	}
 
 	if a.node != nil {
-		if err := a.openSessionDirectory(ctx); err != nil {
+		if err := a.openSessionDirectory(cctx); err != nil {
 			return nil, err
 		}
-		if err := a.openFabric(ctx); err != nil {
+		if err := a.openFabric(cctx); err != nil {
 			return nil, err
 		}
 	}

@@ -31,8 +31,6 @@ const ClusterSubdir = "cluster"
 // safe to serve.
 func (a *App) openCluster(ctx context.Context) error {
 	cc := a.cfg.Cluster
-	ctx, cancel := context.WithTimeout(ctx, cc.EffectiveStartTimeout())
-	defer cancel()
 	svid, err := a.src.GetX509SVID()
 	if err != nil {
 		return fmt.Errorf("app: cluster: serving SVID: %w", err)

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -58,21 +59,24 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { apps[i], errs[i] = startApp(c.cfgs[i]) })
+		wg.Go(func() {
+			var err error
+			if apps[i], err = startApp(c.cfgs[i]); err != nil {
+				errs[i] = fmt.Errorf("node n%d: %w", i, err)
+			}
+		})
 	}
 	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			for _, a := range apps {
-				if a != nil {
-					_ = a.Close()
-				}
+	if err := errors.Join(errs...); err != nil {
+		for _, a := range apps {
+			if a != nil {
+				_ = a.Close()
 			}
-			for j := range n {
-				t.Logf("node n%d log:\n%s", j, c.logs[j].String())
-			}
-			t.Fatalf("start cluster node n%d: %v", i, err)
 		}
+		for j := range n {
+			t.Logf("node n%d log:\n%s", j, c.logs[j].String())
+		}
+		t.Fatalf("start cluster: %v", err)
 	}
 	for i, a := range apps {
 		c.Nodes[i] = envOf(t, a, c.cfgs[i], c.logs[i])
