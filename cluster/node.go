@@ -62,6 +62,7 @@ type Node struct {
 	srv       *server.Server // nil when connected to an external NATS (Dial)
 	name      string
 	token     string // the client port's token (tests dial it)
+	size      int    // nodes in the cluster, this one included; 0 when external
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	log       *slogAdapter
@@ -98,7 +99,7 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 		return nil, fmt.Errorf("cluster: node %q: %w", cfg.Node, err)
 	}
 
-	n := &Node{srv: srv, name: cfg.Node, token: token, log: log}
+	n := &Node{srv: srv, name: cfg.Node, token: token, size: 1 + len(cfg.Peers), log: log}
 	if err := n.connect(cfg.Node, token); err != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()
@@ -223,7 +224,16 @@ func (n *Node) jetStreamReady() bool {
 
 // CheckQuorum asks the JetStream meta leader for account information: it
 // answers only while a majority of the cluster elects it.
+//
+// A leader cut off from the others keeps answering until its election
+// timeout; so an embedded node first counts its routes: without routes to
+// a majority it has no quorum, whatever it still believes.
 func (n *Node) CheckQuorum(ctx context.Context) error {
+	if n.srv != nil {
+		if up := 1 + len(n.Peers()); up <= n.size/2 {
+			return fmt.Errorf("%w: routes to %d of %d nodes", ErrNoQuorum, up, n.size)
+		}
+	}
 	if _, err := n.js.AccountInfo(ctx); err != nil {
 		return classify("quorum check", err)
 	}
@@ -288,6 +298,10 @@ func (cfg NodeConfig) serverOptions(token string) (*server.Options, error) {
 		Host:          clientHost,
 		Port:          clientPort,
 		Authorization: token,
+		// A peer that vanished without closing its routes (a partition,
+		// a dead host) is noticed within about 15 s, not the default 4 min.
+		PingInterval: 5 * time.Second,
+		MaxPingsOut:  3,
 		Cluster: server.ClusterOpts{
 			Name:      cfg.Name,
 			Host:      routeHost,

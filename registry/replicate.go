@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,7 +92,8 @@ const (
 	// maxConflictRetries bounds how often a write is staged again after
 	// another node wrote first: under heavy contention a caller gets an
 	// error instead of an unbounded wait.
-	maxConflictRetries = 5
+	maxConflictRetries = 10
+	lastAttemptTimeout = 2 * time.Second
 	followRetryMin     = 100 * time.Millisecond
 	followRetryMax     = 2 * time.Second
 	// recordFormat is the version of the log record encoding.
@@ -170,7 +172,7 @@ func (s *Store) startReplica(l Log, o ReplicaOptions) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), o.OpenTimeout)
 	defer cancel()
-	last, err := l.Last(ctx)
+	last, err := lastWhenLed(ctx, l)
 	if err != nil {
 		return fmt.Errorf("read the replicated log: %w", err)
 	}
@@ -319,6 +321,35 @@ func (s *Store) writeReplicated(fn func(w *writeTxn) error) error {
 		}
 		if err := s.catchUp(ctx); err != nil {
 			return err
+		}
+		// Nodes that lost together would stage again together: a short
+		// random pause lets one of them through first.
+		pause := time.Duration(1+mrand.IntN(10*attempt)) * time.Millisecond
+		select {
+		case <-ctx.Done():
+			return logError(ctx.Err())
+		case <-time.After(pause):
+		}
+	}
+}
+
+// lastWhenLed asks the log for its end, again while it answers that it has
+// no quorum: a stream just created elects its leader a moment later, and
+// the nodes of a cluster open their registries as they start together.
+func lastWhenLed(ctx context.Context, l Log) (uint64, error) {
+	for {
+		// Each attempt bounded: a request sent while the stream's first
+		// leader is being elected may go unanswered.
+		actx, cancel := context.WithTimeout(ctx, lastAttemptTimeout)
+		last, err := l.Last(actx)
+		cancel()
+		if err == nil || !errors.Is(err, ErrNoQuorum) {
+			return last, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

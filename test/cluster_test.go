@@ -175,7 +175,11 @@ func TestCluster(t *testing.T) {
 		if res := a.API(t, a.Admin, "GET", "/readyz", nil); res.Status != 503 || !strings.Contains(string(res.Body), "no quorum") {
 			t.Fatalf("readyz on a lone node: %d %s, want 503 no quorum", res.Status, res.Body)
 		}
-		c.Restart(t, 1)
+		c.Restart(t, 2)
+		// Positive control: with a majority back it is ready again.
+		if res := a.API(t, a.Admin, "GET", "/readyz", nil); res.Status != 200 {
+			t.Fatalf("readyz with two nodes of three: %d %s", res.Status, res.Body)
+		}
 		deadline := time.Now().Add(testutil.ClusterStartTimeout)
 		for {
 			res = a.API(t, a.Admin, "POST", "/v1/devices", map[string]any{"name": "split-brain"})

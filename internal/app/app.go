@@ -420,7 +420,7 @@ func (a *App) ready() error {
 		ctx, cancel := context.WithTimeout(context.Background(), readyQuorumTimeout)
 		defer cancel()
 		if err := a.node.CheckQuorum(ctx); err != nil {
-			return fmt.Errorf("cluster: no quorum: %w", err)
+			return err // "cluster: no quorum: ..."
 		}
 	}
 	return nil
