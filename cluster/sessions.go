@@ -99,8 +99,11 @@ type SessionDirectoryOptions struct {
 // gateway.SessionDirectory, which it implements: the gateway's tests check
 // it, since this package does not import the gateway).
 type SessionDirectory struct {
-	nc       *nats.Conn
-	kv       jetstream.KeyValue
+	nc *nats.Conn
+	kv jetstream.KeyValue
+	// stream is the bucket's stream: Record reads through it, from its
+	// leader (see Record).
+	stream   jetstream.Stream
 	node     string
 	timeout  time.Duration
 	maxMsgs  int
@@ -142,9 +145,31 @@ func NewSessionDirectory(ctx context.Context, js jetstream.JetStream, nc *nats.C
 	}); err != nil {
 		return nil, err
 	}
+	// Every CONNECT claims its session with a write: do not let the
+	// gateway open its listener before the bucket has a leader that
+	// takes one (right after the bucket is made or changed, requests may
+	// go unanswered). The probe key holds a '.', which no session key
+	// outside the "h." ones has.
+	probe := "_probe." + node
+	if err := ensure(ctx, func(ctx context.Context) error {
+		if _, err := kv.Put(ctx, probe, nil); err != nil {
+			return err
+		}
+		return kv.Delete(ctx, probe)
+	}); err != nil {
+		return nil, classify("bucket "+SessionsBucket+": first write", err)
+	}
+	var st jetstream.Stream
+	if err := ensure(ctx, func(ctx context.Context) (err error) {
+		st, err = js.Stream(ctx, "KV_"+SessionsBucket)
+		return err
+	}); err != nil {
+		return nil, classify("bucket "+SessionsBucket, err)
+	}
 	d := &SessionDirectory{
 		nc:      nc,
 		kv:      kv,
+		stream:  st,
 		node:    node,
 		timeout: opts.TakeoverTimeout,
 		maxMsgs: opts.MaxHandoverMessages,
@@ -278,20 +303,37 @@ func SessionKey(clientID string) string {
 func (d *SessionDirectory) Record(ctx context.Context, clientID string) (*SessionRecord, uint64, error) {
 	ctx, cancel := opContext(ctx)
 	defer cancel()
-	e, err := d.kv.Get(ctx, SessionKey(clientID))
+	// Read from the stream's leader, not through the bucket: the nodes
+	// create the bucket with direct reads on and each turns them off, so
+	// a handle bound in between reads a replica, which may lag, and every
+	// compare-and-set on what it read fails (seen as "record kept
+	// changing" under load). A deleted record still has a revision: the
+	// next write must name it.
+	key := SessionKey(clientID)
+	var m *jetstream.RawStreamMsg
+	err := ensure(ctx, func(ctx context.Context) (err error) {
+		// A read, so it may be sent again: "no responders" while the
+		// stream's leader changes is over in a moment.
+		m, err = d.stream.GetLastMsgForSubject(ctx, "$KV."+SessionsBucket+"."+key)
+		return err
+	})
 	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return nil, 0, nil
 	case err != nil:
 		return nil, 0, classify("session directory: get", err)
 	}
-	var r SessionRecord
-	if err := json.Unmarshal(e.Value(), &r); err != nil || r.ClientID != clientID {
-		// Unreadable, or a hash collision: no session is known.
-		d.log.Warn("cluster: unreadable session record ignored", "key", e.Key(), "err", err)
-		return nil, e.Revision(), nil
+	switch m.Header.Get("KV-Operation") {
+	case "DEL", "PURGE":
+		return nil, m.Sequence, nil
 	}
-	return &r, e.Revision(), nil
+	var r SessionRecord
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.ClientID != clientID {
+		// Unreadable, or a hash collision: no session is known.
+		d.log.Warn("cluster: unreadable session record ignored", "key", key, "err", err)
+		return nil, m.Sequence, nil
+	}
+	return &r, m.Sequence, nil
 }
 
 // Owns reports whether the record of clientID names this node.

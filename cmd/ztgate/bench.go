@@ -45,8 +45,25 @@ latency at one rate compares across runs; a send the publisher is too busy
 for is skipped and counted, not made up later. Unpaced (0), publishers keep
 at most a few thousand messages on their way to the slowest subscriber.
 
+Cluster: --nodes N (at most 5) runs N gateways as one cluster in the process,
+on loopback, sharing one CA, with JetStream replicas 3 (1 for two nodes); the
+clients are spread over the nodes by --placement:
+  spread  publisher i on node i mod N, subscriber j on node (j+1) mod N
+          (default): most deliveries cross nodes
+  same    every client on the first node: no delivery crosses
+  cross   publishers on the first node, subscribers on the others: every
+          delivery crosses
+  both    same, then cross on fresh clusters, with the ratio cross/same of
+          throughput and p99: the cost of cross-node delivery
+--nodes-compare runs the load on a single node first, then on the N-node
+cluster, each fresh, and prints the ratio "N nodes/1 node". The report counts
+the deliveries that crossed nodes. --policy both, --nodes-compare and
+--placement both compare two runs each: one of them at a time.
+
 Each run stops at --duration-limit; Ctrl-C stops the bench.`,
 		Example: `  ztgate bench --policy both
+  ztgate bench --qos 1 --rate 1000 --nodes 3 --nodes-compare
+  ztgate bench --qos 1 --nodes 3 --placement both
   ztgate bench --publishers 4 --subscribers 4 --messages 50000 --qos 0 --policy both
   ztgate bench --rate 5000 --qos 1 --json`,
 		Args: cobra.NoArgs,
@@ -94,6 +111,9 @@ Each run stops at --duration-limit; Ctrl-C stops the bench.`,
 	f.StringVar(&policy, "policy", policy, "policy enforced: default, allow-all, or both (allow-all first, then default, compared)")
 	f.Var((*storageFlag)(&cfg.Storage), "storage", "the gateway's durable broker state: on, fsync or off")
 	f.BoolVar(&cfg.Persistent, "persistent", false, "subscribers keep persistent sessions, so that storage writes every delivery to them")
+	f.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "gateways: 1, or the nodes of a cluster in the process (at most 5)")
+	f.BoolVar(&cfg.NodesCompare, "nodes-compare", false, "run on a single node, then on the --nodes cluster, and compare")
+	f.Var((*placementFlag)(&cfg.Placement), "placement", "clients on a cluster's nodes: spread, same, cross, or both (same, then cross, compared)")
 	f.DurationVar(&cfg.DurationLimit, "duration-limit", cfg.DurationLimit, "bound on publishing and delivery in each run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.StringVar(&logLevel, "log-level", logLevel, "level of the gateway's log on standard error: debug, info, warn or error")
@@ -111,5 +131,19 @@ func (f *storageFlag) Set(s string) error {
 		return err
 	}
 	*f = storageFlag(m)
+	return nil
+}
+
+// placementFlag is --placement, checked as it is parsed.
+type placementFlag bench.PlacementMode
+
+func (f *placementFlag) String() string { return string(*f) }
+func (f *placementFlag) Type() string   { return "spread|same|cross|both" }
+func (f *placementFlag) Set(s string) error {
+	m, err := bench.ParsePlacementMode(s)
+	if err != nil {
+		return err
+	}
+	*f = placementFlag(m)
 	return nil
 }

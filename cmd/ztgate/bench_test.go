@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +68,23 @@ func TestBenchTable(t *testing.T) {
 	}
 }
 
+// TestBenchClusterTable compares a single node with a two-node cluster at
+// QoS 1 in one command: both runs complete, and the table names the
+// comparison and counts the deliveries that crossed nodes.
+func TestBenchClusterTable(t *testing.T) {
+	out := ok(t, "bench", "--publishers", "2", "--subscribers", "2", "--messages", "200", "--qos", "1",
+		"--nodes", "2", "--nodes-compare")
+	for _, want := range []string{"2-node cluster on loopback, placement spread", "1 node", "2 nodes/1 node",
+		"cross-node delivered", "200 (50%)", "messages/s", "latency p99"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in the table:\n%s", want, out)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^lost +0 +0 *$`).MatchString(out) {
+		t.Errorf("a run lost messages at QoS 1:\n%s", out)
+	}
+}
+
 func TestBenchBadFlags(t *testing.T) {
 	for _, tc := range []struct {
 		want string
@@ -81,6 +99,12 @@ func TestBenchBadFlags(t *testing.T) {
 		{"--duration-limit must be positive", []string{"--duration-limit", "0s"}},
 		{`--policy "none"`, []string{"--policy", "none"}},
 		{"--log-level", []string{"--log-level", "loud"}},
+		{"--nodes must be between 1 and 5, got 0", []string{"--nodes", "0"}},
+		{"--nodes must be between 1 and 5, got 9", []string{"--nodes", "9"}},
+		{`--placement "nowhere"`, []string{"--nodes", "3", "--placement", "nowhere"}},
+		{"--nodes-compare compares a single node with a cluster", []string{"--nodes-compare"}},
+		{"--placement both needs a cluster", []string{"--placement", "both"}},
+		{"one at a time", []string{"--nodes", "3", "--placement", "both", "--policy", "both"}},
 		{`invalid argument "abc"`, []string{"--messages", "abc"}},
 		{"unknown flag", []string{"--publisher", "3"}},
 		{"unknown command", []string{"extra"}},

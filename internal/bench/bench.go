@@ -14,6 +14,13 @@
 // first with a policy that allows everything (the cost of the broker, TLS
 // and the enforcement hook alone), then with the default policy, so the
 // price of the policy is the ratio of the two.
+//
+// With Nodes above 1 the gateway is a cluster of that many nodes in the
+// process, on loopback, sharing one CA, and the clients are placed on the
+// nodes (Placement). NodesCompare runs the same load on a single node
+// first, so the ratio is the price of the cluster; PlacementBoth runs it
+// with every client on one node, then with every subscriber on another
+// node than the publishers, so the ratio is the price of crossing nodes.
 package bench
 
 import (
@@ -45,6 +52,9 @@ const (
 	MaxPayload          = 1 << 20
 	MaxRate             = 10_000_000
 	MaxDurationLimit    = 24 * time.Hour
+	// MaxNodes bounds a bench cluster: every node is a gateway and an
+	// embedded NATS server in this one process.
+	MaxNodes = 5
 )
 
 // headerSize is the part of every payload the bench reads back: send time
@@ -81,6 +91,14 @@ type Config struct {
 	// then a one-hour session expiry), so that with storage every
 	// delivery to them is written before it is sent.
 	Persistent bool
+	// Nodes is the number of gateways: 1 is a single node, more a
+	// cluster of that many nodes in the process.
+	Nodes int
+	// NodesCompare runs the load on a single node, then on the Nodes-node
+	// cluster, and compares them.
+	NodesCompare bool
+	// Placement puts the clients on the nodes of a cluster.
+	Placement PlacementMode
 
 	// Logger receives the gateway's log; nil discards it.
 	Logger *slog.Logger
@@ -100,6 +118,8 @@ func DefaultConfig() Config {
 		Policy:        PolicyDefault,
 		DurationLimit: 60 * time.Second,
 		Storage:       StorageOn,
+		Nodes:         1,
+		Placement:     PlacementSpread,
 	}
 }
 
@@ -157,13 +177,5 @@ func (c Config) Validate() error {
 	if _, err := ParseStorageMode(string(c.Storage)); err != nil {
 		return err
 	}
-	return nil
-}
-
-// modes are the policies to run, in order.
-func (c Config) modes() []PolicyMode {
-	if c.Policy == PolicyBoth {
-		return []PolicyMode{PolicyAllowAll, PolicyDefault}
-	}
-	return []PolicyMode{c.Policy}
+	return c.validateCluster()
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -84,6 +85,16 @@ func TestValidate(t *testing.T) {
 		{"negative rate", func(c *Config) { c.Rate = -1 }, "--rate"},
 		{"zero duration limit", func(c *Config) { c.DurationLimit = 0 }, "--duration-limit"},
 		{"unknown policy", func(c *Config) { c.Policy = "none" }, "--policy"},
+		{"no nodes", func(c *Config) { c.Nodes = 0 }, "--nodes must be between 1 and"},
+		{"too many nodes", func(c *Config) { c.Nodes = MaxNodes + 1 }, "--nodes must be between 1 and"},
+		{"unknown placement", func(c *Config) { c.Nodes, c.Placement = 3, "random" }, "--placement"},
+		{"compare without a cluster", func(c *Config) { c.NodesCompare = true }, "--nodes-compare"},
+		{"cross placement on one node", func(c *Config) { c.Placement = PlacementCross }, "--placement cross needs a cluster"},
+		{"placement both on one node", func(c *Config) { c.Placement = PlacementBoth }, "--placement both needs a cluster"},
+		{"two comparisons", func(c *Config) { c.Nodes, c.NodesCompare, c.Policy = 3, true, PolicyBoth }, "one at a time"},
+		{"three comparisons", func(c *Config) {
+			c.Nodes, c.NodesCompare, c.Policy, c.Placement = 3, true, PolicyBoth, PlacementBoth
+		}, "one at a time"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
@@ -96,6 +107,139 @@ func TestValidate(t *testing.T) {
 			// that place is accepted (the default one).
 			if err := DefaultConfig().Validate(); err != nil {
 				t.Fatal(err)
+			}
+		})
+	}
+	// Positive controls of the cluster settings: each comparison alone.
+	for _, edit := range []func(*Config){
+		func(c *Config) { c.Nodes, c.NodesCompare = 3, true },
+		func(c *Config) { c.Nodes, c.Placement = 2, PlacementBoth },
+		func(c *Config) { c.Nodes, c.Placement, c.Policy = MaxNodes, PlacementCross, PolicyBoth },
+	} {
+		c := DefaultConfig()
+		edit(&c)
+		if err := c.Validate(); err != nil {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+}
+
+// TestPlacement checks which node each client goes to, and so which
+// deliveries cross nodes.
+func TestPlacement(t *testing.T) {
+	for _, tc := range []struct {
+		placement  PlacementMode
+		nodes      int
+		pubs, subs []int // node of each client
+	}{
+		{PlacementSpread, 3, []int{0, 1, 2, 0}, []int{1, 2, 0, 1}},
+		{PlacementSpread, 2, []int{0, 1}, []int{1, 0, 1}},
+		{PlacementSame, 3, []int{0, 0, 0}, []int{0, 0}},
+		{PlacementCross, 3, []int{0, 0}, []int{1, 2, 1, 2}},
+		{PlacementCross, 2, []int{0}, []int{1, 1}},
+	} {
+		v := variant{nodes: tc.nodes, placement: tc.placement}
+		for i, want := range tc.pubs {
+			if got := v.publisherNode(i); got != want {
+				t.Errorf("%s on %d nodes: publisher %d on node %d, want %d", tc.placement, tc.nodes, i, got, want)
+			}
+		}
+		for j, want := range tc.subs {
+			if got := v.subscriberNode(j); got != want {
+				t.Errorf("%s on %d nodes: subscriber %d on node %d, want %d", tc.placement, tc.nodes, j, got, want)
+			}
+		}
+	}
+	if got := (variant{nodes: 1}).subscriberNode(3); got != 0 {
+		t.Errorf("a single node's subscriber on node %d", got)
+	}
+}
+
+// TestVariants: each comparison is two runs, the baseline first, and a
+// bench without one is a single run.
+func TestVariants(t *testing.T) {
+	for _, tc := range []struct {
+		edit  func(*Config)
+		names []string
+		nodes []int
+	}{
+		{func(c *Config) {}, []string{"default"}, []int{1}},
+		{func(c *Config) { c.Policy = PolicyBoth }, []string{"allow-all", "default"}, []int{1, 1}},
+		{func(c *Config) { c.Nodes, c.NodesCompare = 3, true }, []string{"1 node", "3 nodes"}, []int{1, 3}},
+		{func(c *Config) { c.Nodes, c.Placement = 3, PlacementBoth }, []string{"same", "cross"}, []int{3, 3}},
+	} {
+		c := DefaultConfig()
+		tc.edit(&c)
+		var names []string
+		var nodes []int
+		for _, v := range c.variants() {
+			names, nodes = append(names, v.name), append(nodes, v.nodes)
+		}
+		if !slices.Equal(names, tc.names) || !slices.Equal(nodes, tc.nodes) {
+			t.Errorf("runs %v on %v nodes, want %v on %v", names, nodes, tc.names, tc.nodes)
+		}
+	}
+}
+
+// TestRunCluster runs small QoS 1 benches on clusters: every message
+// reaches every subscriber, and the deliveries that crossed nodes are
+// those the placement implies. Speed is not asserted.
+func TestRunCluster(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		edit  func(*Config)
+		runs  []string
+		cross []int64 // cross-node deliveries of each run
+	}{
+		// Placement both: same (no delivery crosses), then cross (all do).
+		{"same vs cross", func(c *Config) { c.Nodes, c.Placement = 3, PlacementBoth }, []string{"same", "cross"}, []int64{0, 600}},
+		// Spread on 2 nodes: publishers on nodes 0, 1, subscribers on
+		// 1, 0: half of the (publisher, subscriber) pairs cross.
+		{"single vs spread", func(c *Config) { c.Nodes, c.NodesCompare = 2, true }, []string{"1 node", "2 nodes"}, []int64{0, 300}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Publishers, cfg.Subscribers, cfg.Messages, cfg.QoS = 2, 2, 300, 1
+			tc.edit(&cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			rep, err := Run(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Runs) != len(tc.runs) {
+				t.Fatalf("%d runs, want %v", len(rep.Runs), tc.runs)
+			}
+			for i, r := range rep.Runs {
+				if r.Name != tc.runs[i] {
+					t.Errorf("run %d is %q, want %q", i, r.Name, tc.runs[i])
+				}
+				if r.Sent != 300 || r.Deliveries != 600 || r.Lost != 0 || r.Duplicates != 0 || r.Foreign != 0 || r.StoppedByLimit {
+					t.Errorf("%s: sent %d, delivered %d, lost %d, duplicates %d, foreign %d, cut %v; want 300, 600, 0, 0, 0, false",
+						r.Name, r.Sent, r.Deliveries, r.Lost, r.Duplicates, r.Foreign, r.StoppedByLimit)
+				}
+				if r.CrossNode != tc.cross[i] {
+					t.Errorf("%s: %d deliveries crossed nodes, want %d", r.Name, r.CrossNode, tc.cross[i])
+				}
+				if r.Nodes > 1 && (r.Replicas < 1 || r.Placement == "") {
+					t.Errorf("%s: %d nodes with replicas %d, placement %q; want both reported", r.Name, r.Nodes, r.Replicas, r.Placement)
+				}
+				if r.Decisions == nil || *r.Decisions < float64(r.Sent+r.Deliveries) {
+					t.Errorf("%s: decisions %v; want every node's, at least one per publish and per delivery", r.Name, r.Decisions)
+				}
+			}
+			want := tc.runs[1] + "/" + tc.runs[0]
+			if rep.Ratio == nil || rep.Ratio.Compare != want || rep.Ratio.Throughput <= 0 || rep.Ratio.P99 <= 0 {
+				t.Fatalf("ratio %+v; want %s with both ratios", rep.Ratio, want)
+			}
+			var text strings.Builder
+			if err := rep.WriteText(&text); err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range []string{want, "cross-node delivered", "placement", "nodes"} {
+				if !strings.Contains(text.String(), s) {
+					t.Errorf("no %q in the table:\n%s", s, text.String())
+				}
 			}
 		})
 	}
@@ -204,5 +348,27 @@ func TestRunDurationLimit(t *testing.T) {
 				t.Fatalf("QoS 1: %d sent, %d delivered, %d lost; want all delivered", r.Sent, r.Deliveries, r.Lost)
 			}
 		})
+	}
+}
+
+// TestQuietNATS: the NATS servers' errors of a bench cluster become
+// warnings, and every other error of the nodes stays an error.
+func TestQuietNATS(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(quietNATS{Handler: slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelError})})
+	log.With("component", "nats").Error("Error trying to connect to route")
+	if buf.Len() != 0 {
+		t.Fatalf("a NATS route error shown at level error: %s", buf.String())
+	}
+	log.With("component", "gateway").Error("gateway failed")
+	log.Error("bench failed")
+	if got := strings.Count(buf.String(), "level=ERROR"); got != 2 {
+		t.Fatalf("%d errors shown, want the gateway's and the bench's:\n%s", got, buf.String())
+	}
+	buf.Reset()
+	warn := slog.New(quietNATS{Handler: slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn})})
+	warn.With("component", "nats").WithGroup("g").Error("route")
+	if !strings.Contains(buf.String(), "level=WARN") {
+		t.Fatalf("a NATS error not shown as a warning at level warn: %q", buf.String())
 	}
 }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,8 +10,9 @@ import (
 	"text/tabwriter"
 )
 
-// Report is the outcome of a bench: one Result per policy run, and the
-// ratio of the default policy to the allow-all baseline when both ran.
+// Report is the outcome of a bench: one Result per run, and when two ran
+// the ratio of the second to the first (default policy to allow-all, the
+// cluster to a single node, or cross-node to same-node placement).
 type Report struct {
 	Settings Settings `json:"settings"`
 	Runs     []Result `json:"runs"`
@@ -29,6 +31,9 @@ type Settings struct {
 	DurationLimit string `json:"duration_limit"`
 	Storage       string `json:"storage"`
 	Persistent    bool   `json:"persistent_subscribers"`
+	Nodes         int    `json:"nodes"`
+	NodesCompare  bool   `json:"nodes_compare"`
+	Placement     string `json:"placement"`
 	GoVersion     string `json:"go_version"`
 	GOMAXPROCS    int    `json:"gomaxprocs"`
 	NumCPU        int    `json:"num_cpu"`
@@ -46,13 +51,16 @@ func settingsOf(cfg Config) Settings {
 		DurationLimit: cfg.DurationLimit.String(),
 		Storage:       string(cfg.Storage),
 		Persistent:    cfg.Persistent,
+		Nodes:         cfg.Nodes,
+		NodesCompare:  cfg.NodesCompare,
+		Placement:     string(cfg.Placement),
 		GoVersion:     runtime.Version(),
 		GOMAXPROCS:    runtime.GOMAXPROCS(0),
 		NumCPU:        runtime.NumCPU(),
 	}
 }
 
-// Result is one run: one gateway, one policy, the whole load.
+// Result is one run: one gateway or cluster, one policy, the whole load.
 //
 // The clock runs from the first publish to the last first delivery.
 // Messages/s counts a message once it reached every subscriber
@@ -60,8 +68,16 @@ func settingsOf(cfg Config) Settings {
 // message at each subscriber once. Allocations are those of the whole
 // process, gateway and bench clients together, per message sent.
 type Result struct {
+	// Name tells the run from the other one it is compared with.
+	Name           string `json:"name"`
 	Policy         string `json:"policy"`
 	PolicyRevision string `json:"policy_revision"`
+	// Nodes is the number of gateways: 1, or the nodes of a cluster, with
+	// Replicas the JetStream replicas of its state and Placement how the
+	// clients were spread over the nodes.
+	Nodes     int    `json:"nodes"`
+	Replicas  int    `json:"replicas,omitempty"`
+	Placement string `json:"placement,omitempty"`
 
 	Sent               int64 `json:"sent"`
 	Deliveries         int64 `json:"deliveries"`
@@ -74,6 +90,9 @@ type Result struct {
 	// Foreign counts payloads no publisher of the run sent (always 0
 	// unless something corrupts messages).
 	Foreign int64 `json:"foreign"`
+	// CrossNode counts the first deliveries to a subscriber on another
+	// node than the message's publisher.
+	CrossNode int64 `json:"cross_node_deliveries"`
 	// MissedSlots are sends the rate asked for that a publisher was too
 	// busy to make: the rate was not sustained.
 	MissedSlots int64 `json:"missed_slots"`
@@ -108,28 +127,23 @@ type Latency struct {
 	Max float64 `json:"max"`
 }
 
-// Ratio compares the default policy with the allow-all baseline, as
-// default / allow-all: a throughput ratio of 0.5 is half the messages/s, a
-// p99 ratio of 3 a tail three times as long.
+// Ratio compares the second run with the first, named by Compare:
+// "default/allow-all" (the price of the policy), "N nodes/1 node" (of the
+// cluster) or "cross/same" (of delivering across nodes). A throughput
+// ratio of 0.5 is half the messages/s, a p99 ratio of 3 a tail three times
+// as long.
 type Ratio struct {
+	Compare    string  `json:"compare"`
 	Throughput float64 `json:"throughput"`
 	P99        float64 `json:"p99"`
 }
 
 func ratioOf(runs []Result) *Ratio {
-	var base, def *Result
-	for i := range runs {
-		switch PolicyMode(runs[i].Policy) {
-		case PolicyAllowAll:
-			base = &runs[i]
-		case PolicyDefault:
-			def = &runs[i]
-		}
-	}
-	if base == nil || def == nil {
+	if len(runs) != 2 {
 		return nil
 	}
-	r := &Ratio{}
+	base, def := &runs[0], &runs[1]
+	r := &Ratio{Compare: def.Name + "/" + base.Name}
 	if base.MessagesPerSec > 0 {
 		r.Throughput = def.MessagesPerSec / base.MessagesPerSec
 	}
@@ -155,7 +169,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "ztgate bench: %d publishers -> %d subscribers, %d messages, QoS %d, %d-byte payload, rate %s\n",
 		s.Publishers, s.Subscribers, s.Messages, s.QoS, s.PayloadBytes, rate)
-	fmt.Fprintf(w, "storage %s, persistent subscribers %v\n", s.Storage, s.Persistent)
+	fmt.Fprintf(w, "storage %s, persistent subscribers %v", s.Storage, s.Persistent)
+	if s.Nodes > 1 {
+		fmt.Fprintf(w, ", %d-node cluster on loopback, placement %s", s.Nodes, s.Placement)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "%s, GOMAXPROCS %d, %d CPUs; allocations are the whole process' per message sent\n\n",
 		s.GoVersion, s.GOMAXPROCS, s.NumCPU)
 
@@ -165,12 +183,14 @@ func (r *Report) WriteText(w io.Writer) error {
 	// their own separating spaces.
 	const labelWidth = 20
 	label := func(s string) string { return fmt.Sprintf("%-*s", labelWidth, s) }
-	head := []string{label("policy")}
+	head := []string{label("run")}
+	cluster := false
 	for _, run := range r.Runs {
-		head = append(head, "  "+run.Policy)
+		head = append(head, "  "+run.Name)
+		cluster = cluster || run.Nodes > 1
 	}
 	if r.Ratio != nil {
-		head = append(head, "  default/allow-all")
+		head = append(head, "  "+r.Ratio.Compare)
 	}
 	row := func(name string, cell func(Result) string, ratio string) {
 		cols := []string{label(name)}
@@ -187,7 +207,12 @@ func (r *Report) WriteText(w io.Writer) error {
 		thr, p99 = fmt.Sprintf("%.2fx", r.Ratio.Throughput), fmt.Sprintf("%.2fx", r.Ratio.P99)
 	}
 	fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
+	row("policy", func(x Result) string { return x.Policy }, "")
 	row("policy revision", func(x Result) string { return shortRev(x.PolicyRevision) }, "")
+	if cluster {
+		row("nodes", nodesCell, "")
+		row("placement", func(x Result) string { return cmp.Or(x.Placement, "-") }, "")
+	}
 	row("messages/s", func(x Result) string { return count(x.MessagesPerSec) }, thr)
 	row("deliveries/s", func(x Result) string { return count(x.DeliveriesPerSec) }, "")
 	row("publish rate/s", func(x Result) string { return count(x.PublishRate) }, "")
@@ -199,6 +224,14 @@ func (r *Report) WriteText(w io.Writer) error {
 	row("deliveries", func(x Result) string { return fmt.Sprintf("%d/%d", x.Deliveries, x.ExpectedDeliveries) }, "")
 	row("lost", func(x Result) string { return fmt.Sprint(x.Lost) }, "")
 	row("duplicates", func(x Result) string { return fmt.Sprint(x.Duplicates) }, "")
+	if cluster {
+		row("cross-node delivered", func(x Result) string {
+			if x.Deliveries == 0 {
+				return fmt.Sprint(x.CrossNode)
+			}
+			return fmt.Sprintf("%d (%.0f%%)", x.CrossNode, 100*float64(x.CrossNode)/float64(x.Deliveries))
+		}, "")
+	}
 	if s.Rate > 0 {
 		row("missed rate slots", func(x Result) string { return fmt.Sprint(x.MissedSlots) }, "")
 	}
@@ -229,10 +262,18 @@ func (r *Report) WriteText(w io.Writer) error {
 	for _, run := range r.Runs {
 		if run.StoppedByLimit {
 			fmt.Fprintf(w, "\n%s: stopped by the duration limit (%s): %d of %d messages sent, %d of %d deliveries made; raise --duration-limit or lower --messages\n",
-				run.Policy, s.DurationLimit, run.Sent, s.Messages, run.Deliveries, run.ExpectedDeliveries)
+				run.Name, s.DurationLimit, run.Sent, s.Messages, run.Deliveries, run.ExpectedDeliveries)
 		}
 	}
 	return nil
+}
+
+// nodesCell is a run's nodes, and the replicas of a cluster's state.
+func nodesCell(x Result) string {
+	if x.Nodes <= 1 {
+		return "1"
+	}
+	return fmt.Sprintf("%d, R%d", x.Nodes, x.Replicas)
 }
 
 func shortRev(rev string) string {

@@ -4,11 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -19,7 +19,9 @@ import (
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/clusterstart"
 	"github.com/ztgate/ztgate/internal/mqttconn"
+	"github.com/ztgate/ztgate/policy"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -70,12 +72,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	rep := &Report{Settings: settingsOf(cfg)}
-	for _, mode := range cfg.modes() {
+	for _, v := range cfg.variants() {
 		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, "bench: %s policy: %d publishers -> %d subscribers, %d messages at QoS %d...\n",
-				mode, cfg.Publishers, cfg.Subscribers, cfg.Messages, cfg.QoS)
+			fmt.Fprintf(cfg.Progress, "bench: %s: %d publishers -> %d subscribers, %d messages at QoS %d...\n",
+				v.describe(), cfg.Publishers, cfg.Subscribers, cfg.Messages, cfg.QoS)
 		}
-		res, err := runOnce(ctx, cfg, mode)
+		res, err := runOnce(ctx, cfg, v)
 		if err != nil {
 			return nil, err
 		}
@@ -85,11 +87,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
-// run is one gateway under one policy and its clients.
+// run is one gateway, or one cluster of them, under one policy, and its
+// clients.
 type run struct {
-	cfg  Config
-	app  *app.App
-	addr string
+	cfg Config
+	v   variant
+	// apps are the nodes; the clients enroll on the first one.
+	apps  []*app.App
+	addrs []string // MQTT address of each node
 	// base is the zero of every timestamp in a payload: one monotonic
 	// clock for senders and receivers.
 	base time.Time
@@ -111,6 +116,7 @@ type run struct {
 
 type publisher struct {
 	idx    int
+	node   int
 	name   string
 	topic  string
 	client *paho.Client
@@ -126,6 +132,7 @@ type publisher struct {
 }
 
 type subscriber struct {
+	node   int
 	name   string
 	client *paho.Client
 	conn   net.Conn
@@ -138,10 +145,11 @@ type subscriber struct {
 	seen    [][]uint64 // per publisher, one bit per sequence number
 	dups    int64
 	foreign int64 // payloads that no publisher of this run sent
+	cross   int64 // first deliveries from a publisher on another node
 	hist    histogram
 }
 
-func runOnce(ctx context.Context, cfg Config, mode PolicyMode) (Result, error) {
+func runOnce(ctx context.Context, cfg Config, v variant) (Result, error) {
 	dir, err := os.MkdirTemp("", "ztgate-bench-")
 	if err != nil {
 		return Result{}, fmt.Errorf("bench: %w", err)
@@ -149,7 +157,6 @@ func runOnce(ctx context.Context, cfg Config, mode PolicyMode) (Result, error) {
 	defer os.RemoveAll(dir)
 
 	acfg := app.DefaultConfig()
-	acfg.DataDir = filepath.Join(dir, "data")
 	acfg.MQTTAddr = "127.0.0.1:0"
 	acfg.APIAddr = "127.0.0.1:0"
 	acfg.TrustDomain = trustDomain
@@ -160,39 +167,36 @@ func runOnce(ctx context.Context, cfg Config, mode PolicyMode) (Result, error) {
 	acfg.Limits.PublishRate, acfg.Limits.PublishBytesRate = 0, 0
 	acfg.Storage.Enabled = cfg.Storage != StorageOff
 	acfg.Storage.Fsync = cfg.Storage == StorageFsync
-	if mode == PolicyAllowAll {
-		pdir := filepath.Join(dir, "policy")
-		if err := os.Mkdir(pdir, 0o700); err != nil {
-			return Result{}, fmt.Errorf("bench: %w", err)
+	if v.policy == PolicyAllowAll {
+		if acfg.PolicyDir, err = mkdirPolicy(dir); err != nil {
+			return Result{}, err
 		}
-		if err := os.WriteFile(filepath.Join(pdir, "allow_all.rego"), []byte(allowAllPolicy), 0o600); err != nil {
-			return Result{}, fmt.Errorf("bench: %w", err)
-		}
-		acfg.PolicyDir = pdir
 	}
 
 	setupCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	a, err := app.Start(setupCtx, acfg)
+	apps, err := startNodes(setupCtx, dir, acfg, v)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Result{}, interrupted(ctx)
 		}
 		return Result{}, fmt.Errorf("bench: start gateway: %w", err)
 	}
-	_, port, err := net.SplitHostPort(a.MQTTAddr().String())
-	if err != nil {
-		_ = a.Close()
-		return Result{}, fmt.Errorf("bench: gateway address: %w", err)
-	}
 	r := &run{
 		cfg:     cfg,
-		app:     a,
-		addr:    net.JoinHostPort("127.0.0.1", port),
+		v:       v,
+		apps:    apps,
 		base:    time.Now(),
 		stopped: make(chan struct{}),
 	}
 	defer r.shutdown()
+	for _, a := range apps {
+		_, port, err := net.SplitHostPort(a.MQTTAddr().String())
+		if err != nil {
+			return Result{}, fmt.Errorf("bench: gateway address: %w", err)
+		}
+		r.addrs = append(r.addrs, net.JoinHostPort("127.0.0.1", port))
+	}
 	if err := r.setup(setupCtx); err != nil {
 		if ctx.Err() != nil {
 			return Result{}, interrupted(ctx)
@@ -203,8 +207,11 @@ func runOnce(ctx context.Context, cfg Config, mode PolicyMode) (Result, error) {
 	if err := r.failed(); err != nil {
 		return Result{}, err
 	}
-	res.Policy = string(mode)
-	res.PolicyRevision = a.Engine().Revision()
+	res.Name, res.Policy, res.Nodes, res.Placement = v.name, string(v.policy), v.nodes, string(v.placement)
+	if v.nodes > 1 {
+		res.Replicas = replicas(v.nodes)
+	}
+	res.PolicyRevision = apps[0].Engine().Revision()
 	return res, nil
 }
 
@@ -247,7 +254,7 @@ func (r *run) isStopped() bool {
 // subscribers subscribe. All before the clock starts.
 func (r *run) setup(ctx context.Context) error {
 	cfg := r.cfg
-	td := r.app.TrustDomain()
+	td := r.apps[0].TrustDomain()
 	type ident struct {
 		name string
 		id   spiffeid.ID
@@ -273,7 +280,7 @@ func (r *run) setup(ctx context.Context) error {
 		rows = append(rows, registry.Device{Name: name, SPIFFEID: id.String(), Status: registry.StatusActive,
 			Labels: map[string]string{"role": "controller"}})
 	}
-	results, err := r.app.Registry().Import(rows, "ztgate-bench")
+	results, err := r.apps[0].Registry().Import(rows, "ztgate-bench")
 	if err != nil {
 		return fmt.Errorf("bench: enroll: %w", err)
 	}
@@ -282,15 +289,23 @@ func (r *run) setup(ctx context.Context) error {
 			return fmt.Errorf("bench: enroll %s: %s %s", res.Name, res.Result, res.Error)
 		}
 	}
+	names := make([]string, len(rows))
+	for i, d := range rows {
+		names[i] = d.Name
+	}
+	if err := waitEnrolled(ctx, r.apps, names); err != nil {
+		return err
+	}
 
 	// The SVIDs outlive the longest run the limits allow.
 	ttl := cfg.DurationLimit + startTimeout + time.Hour
 	tlsFor := func(id spiffeid.ID) (*tls.Config, error) {
-		chain, key, err := r.app.CA().IssueSVID(id, ttl)
+		// Every node has the same CA: the first one's issues for all.
+		chain, key, err := r.apps[0].CA().IssueSVID(id, ttl)
 		if err != nil {
 			return nil, fmt.Errorf("bench: SVID for %s: %w", id, err)
 		}
-		tc, err := identity.ClientTLSConfigPEM(chain, key, r.app.CA().BundlePEM())
+		tc, err := identity.ClientTLSConfigPEM(chain, key, r.apps[0].CA().BundlePEM())
 		if err != nil {
 			return nil, fmt.Errorf("bench: SVID for %s: %w", id, err)
 		}
@@ -300,8 +315,8 @@ func (r *run) setup(ctx context.Context) error {
 	}
 
 	r.quotas = split(int64(cfg.Messages), cfg.Publishers)
-	for _, s := range subIDs {
-		sub := &subscriber{name: s.name, r: r, seen: make([][]uint64, cfg.Publishers)}
+	for j, s := range subIDs {
+		sub := &subscriber{node: r.v.subscriberNode(j), name: s.name, r: r, seen: make([][]uint64, cfg.Publishers)}
 		for p, q := range r.quotas {
 			sub.seen[p] = make([]uint64, (q+63)/64)
 		}
@@ -310,7 +325,7 @@ func (r *run) setup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		sub.client, sub.conn, err = r.connect(ctx, tc, s.name, sub.receive)
+		sub.client, sub.conn, err = r.connect(ctx, sub.node, tc, s.name, sub.receive)
 		if err != nil {
 			return err
 		}
@@ -325,13 +340,13 @@ func (r *run) setup(ctx context.Context) error {
 		}
 	}
 	for i, p := range pubIDs {
-		pub := &publisher{idx: i, name: p.name, topic: "devices/" + p.name + "/telemetry/x", quota: r.quotas[i]}
+		pub := &publisher{idx: i, node: r.v.publisherNode(i), name: p.name, topic: "devices/" + p.name + "/telemetry/x", quota: r.quotas[i]}
 		r.pubs = append(r.pubs, pub)
 		tc, err := tlsFor(p.id)
 		if err != nil {
 			return err
 		}
-		pub.client, pub.conn, err = r.connect(ctx, tc, p.name, nil)
+		pub.client, pub.conn, err = r.connect(ctx, pub.node, tc, p.name, nil)
 		if err != nil {
 			return err
 		}
@@ -351,34 +366,54 @@ func split(n int64, k int) []int64 {
 	return out
 }
 
-// connect opens an mTLS connection to the gateway and sends CONNECT as
+// connect opens an mTLS connection to node's gateway and sends CONNECT as
 // clientID. A connection the server or the network ends before the run is
 // over fails the run.
-func (r *run) connect(ctx context.Context, tc *tls.Config, clientID string, onPublish func(paho.PublishReceived) (bool, error)) (*paho.Client, net.Conn, error) {
+// A client refused with 0x88 server unavailable tries again, at most
+// connectAttempts times.
+const (
+	connectAttempts         = 5
+	reasonServerUnavailable = 0x88
+)
+
+func (r *run) connect(ctx context.Context, node int, tc *tls.Config, clientID string, onPublish func(paho.PublishReceived) (bool, error)) (*paho.Client, net.Conn, error) {
 	cp := &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 60}
 	if onPublish != nil && r.cfg.Persistent {
 		expiry := uint32(3600)
 		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &expiry}
 	}
-	c, err := mqttconn.Dial(ctx, r.addr, mqttconn.Options{
-		TLS:               tc,
-		Connect:           cp,
-		OnPublishReceived: onPublish,
-		OnClientError: func(err error) {
-			r.fail(fmt.Errorf("bench: connection of %s: %w", clientID, err))
-		},
-		OnServerDisconnect: func(d *paho.Disconnect) {
-			r.fail(fmt.Errorf("bench: the gateway disconnected %s (reason %#x)", clientID, d.ReasonCode))
-		},
-		PacketTimeout: 30 * time.Second,
-	})
+	var c *mqttconn.Conn
+	var err error
+	for attempt := 1; ; attempt++ {
+		c, err = mqttconn.Dial(ctx, r.addrs[node], mqttconn.Options{
+			TLS:               tc,
+			Connect:           cp,
+			OnPublishReceived: onPublish,
+			OnClientError: func(err error) {
+				r.fail(fmt.Errorf("bench: connection of %s: %w", clientID, err))
+			},
+			OnServerDisconnect: func(d *paho.Disconnect) {
+				r.fail(fmt.Errorf("bench: the gateway disconnected %s (reason %#x)", clientID, d.ReasonCode))
+			},
+			PacketTimeout: 30 * time.Second,
+		})
+		// 0x88 server unavailable is what a device is told to come back
+		// after: a cluster node refuses CONNECTs while it cannot write
+		// the session directory, as in the first moments of a cluster.
+		var de *mqttconn.Error
+		if err == nil || attempt == connectAttempts || !errors.As(err, &de) || de.Connack == nil ||
+			de.Connack.ReasonCode != reasonServerUnavailable || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("bench: connect as %s: %w", clientID, err)
 	}
 	return c.Client, c.TLS, nil
 }
 
-// shutdown closes the gateway, then the clients. In that order on
+// shutdown closes the gateways, then the clients. In that order on
 // purpose: mochi v2.7.9 can deadlock closing a listener while a client is
 // leaving on its own (Clients.GetByListener takes its read lock twice, and
 // a departing client's Delete queued between the two blocks both; upstream
@@ -387,7 +422,7 @@ func (r *run) connect(ctx context.Context, tc *tls.Config, clientID string, onPu
 func (r *run) shutdown() {
 	r.closing.Store(true)
 	r.stop()
-	if err := r.app.Close(); err != nil {
+	if err := clusterstart.Close(r.apps); err != nil {
 		r.cfg.Logger.Warn("bench: closing the gateway", "err", err)
 	}
 	var clients []*paho.Client
@@ -436,6 +471,9 @@ func (s *subscriber) receive(pr paho.PublishReceived) (bool, error) {
 		return true, nil
 	}
 	*word |= bit
+	if s.r.v.publisherNode(p) != s.node {
+		s.cross++
+	}
 	s.hist.record(time.Duration(now - sentAt))
 	s.unique.Add(1)
 	s.last.Store(now)
@@ -578,8 +616,8 @@ func (r *run) measure(ctx context.Context) Result {
 	stopOnCancel := context.AfterFunc(ctx, func() { r.fail(interrupted(ctx)) })
 	defer stopOnCancel()
 
-	decisions0, haveDecisions := decisionsTotal(r.app)
-	cache0 := r.app.DecisionCache().Stats()
+	decisions0, haveDecisions := decisionsTotal(r.apps)
+	cache0 := cacheStats(r.apps)
 	var ms0 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 
@@ -637,17 +675,18 @@ func (r *run) measure(ctx context.Context) Result {
 
 	var ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms1)
-	decisions1, _ := decisionsTotal(r.app)
-	cache1 := r.app.DecisionCache().Stats()
+	decisions1, _ := decisionsTotal(r.apps)
+	cache1 := cacheStats(r.apps)
 
 	var h histogram
-	var unique, dups, foreign, last int64
+	var unique, dups, foreign, cross, last int64
 	for _, s := range r.subs {
 		s.mu.Lock()
 		h.merge(&s.hist)
 		unique += s.unique.Load()
 		dups += s.dups
 		foreign += s.foreign
+		cross += s.cross
 		last = max(last, s.last.Load())
 		s.mu.Unlock()
 	}
@@ -665,6 +704,7 @@ func (r *run) measure(ctx context.Context) Result {
 		Lost:               expected - unique,
 		Duplicates:         dups,
 		Foreign:            foreign,
+		CrossNode:          cross,
 		MissedSlots:        missed,
 		StoppedByLimit:     cut,
 		ElapsedSeconds:     elapsed,
@@ -703,9 +743,21 @@ func (r *run) measure(ctx context.Context) Result {
 
 func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
-// decisionsTotal is the gateway's count of policy decisions, every action
-// and result, from its Prometheus registry.
-func decisionsTotal(a *app.App) (float64, bool) {
+// decisionsTotal is the gateways' count of policy decisions, every action
+// and result, from their Prometheus registries.
+func decisionsTotal(apps []*app.App) (float64, bool) {
+	var sum float64
+	for _, a := range apps {
+		n, ok := decisionsOf(a)
+		if !ok {
+			return 0, false
+		}
+		sum += n
+	}
+	return sum, true
+}
+
+func decisionsOf(a *app.App) (float64, bool) {
 	mfs, err := a.Prometheus().Gather()
 	if err != nil {
 		return 0, false
@@ -721,4 +773,16 @@ func decisionsTotal(a *app.App) (float64, bool) {
 		return sum, true
 	}
 	return 0, false
+}
+
+// cacheStats adds up the decision caches of the gateways.
+func cacheStats(apps []*app.App) policy.CacheStats {
+	var t policy.CacheStats
+	for _, a := range apps {
+		s := a.DecisionCache().Stats()
+		t.Hits += s.Hits
+		t.Misses += s.Misses
+		t.Bypassed += s.Bypassed
+	}
+	return t
 }

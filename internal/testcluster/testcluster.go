@@ -4,15 +4,12 @@ package testcluster
 
 import (
 	"context"
-	"errors"
-	"net"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ztgate/ztgate/cluster"
+	"github.com/ztgate/ztgate/internal/freeport"
 )
 
 // FormTimeout bounds cluster formation and leader elections; generous
@@ -24,21 +21,13 @@ const FormTimeout = 60 * time.Second
 const startAttempts = 5
 
 // FreePorts returns n distinct loopback addresses whose ports were free a
-// moment ago. Callers must tolerate a port being taken in between.
+// moment ago (freeport.Loopback). Callers must tolerate a port being
+// taken in between.
 func FreePorts(t testing.TB, n int) []string {
 	t.Helper()
-	addrs := make([]string, 0, n)
-	ls := make([]net.Listener, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("listen: %v", err)
-		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
-	}
-	for _, l := range ls {
-		_ = l.Close()
+	addrs, err := freeport.Loopback(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return addrs
 }
@@ -55,9 +44,7 @@ func Others(addrs []string, self int) []string {
 }
 
 // IsAddrInUse reports whether err comes from a port already taken.
-func IsAddrInUse(err error) bool {
-	return errors.Is(err, syscall.EADDRINUSE) || (err != nil && strings.Contains(err.Error(), "address already in use"))
-}
+func IsAddrInUse(err error) bool { return freeport.IsAddrInUse(err) }
 
 // Cluster is a set of nodes on loopback with their configs kept, so that a
 // node can be restarted on the same address and data directory.

@@ -2,11 +2,8 @@ package testutil
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
-	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +11,7 @@ import (
 
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/app"
+	"github.com/ztgate/ztgate/internal/clusterstart"
 	"github.com/ztgate/ztgate/internal/testcluster"
 	"github.com/ztgate/ztgate/internal/testpki"
 )
@@ -46,33 +44,13 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 		c.logs[i] = &testpki.LogBuffer{}
 		c.cfgs[i] = configFor(t, c.logs[i], func(cfg *app.Config) {
 			cfg.Identity.CADir = caDir
-			cfg.Cluster = &app.ClusterConfig{
-				Name:         "ztgate-test",
-				Node:         "n" + strconv.Itoa(i),
-				Listen:       routes[i],
-				Peers:        testcluster.Others(routes, i),
-				StartTimeout: ClusterStartTimeout,
-			}
+			cfg.Cluster = clusterstart.Node("ztgate-test", i, routes, ClusterStartTimeout)
 		}, opts)
 	}
-	apps := make([]*app.App, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			var err error
-			if apps[i], err = startApp(c.cfgs[i]); err != nil {
-				errs[i] = fmt.Errorf("node n%d: %w", i, err)
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for _, a := range apps {
-			if a != nil {
-				_ = a.Close()
-			}
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), ClusterStartTimeout+10*time.Second)
+	defer cancel()
+	apps, err := clusterstart.Start(ctx, c.cfgs)
+	if err != nil {
 		for j := range n {
 			t.Logf("node n%d log:\n%s", j, c.logs[j].String())
 		}
