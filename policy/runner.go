@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"runtime"
 	"slices"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/cover"
 	"github.com/open-policy-agent/opa/v1/tester"
 )
 
@@ -39,10 +39,19 @@ type TestOptions struct {
 	// AllowBuiltins names the restricted builtins the modules may call,
 	// as Options.AllowBuiltins does for an engine.
 	AllowBuiltins []string
+	// Format is the report's form: FormatPretty (the default when empty)
+	// or FormatJSON (see writeJSONReport).
+	Format string
+	// Coverage adds the lines the tests evaluated and those they did not,
+	// per file, as `opa test --coverage` reports them.
+	Coverage bool
 }
 
 // RunTestsWith is RunTests with opts.
 func RunTestsWith(ctx context.Context, fsys fs.FS, w io.Writer, opts TestOptions) (passed, failed int, err error) {
+	if err := checkFormat(opts.Format); err != nil {
+		return 0, 0, err
+	}
 	b := defaultBuiltins()
 	if len(opts.AllowBuiltins) > 0 {
 		if b, err = newBuiltinSet(opts.AllowBuiltins); err != nil {
@@ -56,12 +65,12 @@ func RunTestsWith(ctx context.Context, fsys fs.FS, w io.Writer, opts TestOptions
 	if len(srcs) == 0 {
 		return 0, 0, errors.New("policy: no .rego files to test")
 	}
-	results, err := runTests(ctx, srcs, b, true, runtime.NumCPU())
+	results, cov, err := runForReport(ctx, srcs, b, opts.Coverage)
 	if err != nil {
 		return 0, 0, err
 	}
 	passed, failed = countResults(results)
-	if err := report(w, results, opts.Verbose); err != nil {
+	if err := writeReport(w, results, cov, opts); err != nil {
 		return passed, failed, err
 	}
 	if len(results) == 0 {
@@ -81,6 +90,13 @@ func runTests(ctx context.Context, srcs []source, b *builtinSet, tracing bool, p
 	if err != nil {
 		return nil, err
 	}
+	return runModules(ctx, mods, b, tracing, nil, parallel)
+}
+
+// runModules runs the tests of mods as runTests does; a non-nil cov
+// records the expressions and rules they evaluate. OPA's runner drops cov
+// when tracing, so a caller wants one or the other.
+func runModules(ctx context.Context, mods map[string]*ast.Module, b *builtinSet, tracing bool, cov *cover.Cover, parallel int) ([]*tester.Result, error) {
 	// The runner's own compiler would have every OPA builtin: tests run at
 	// each load and upload, so they get no more than the policy.
 	compiler := ast.NewCompiler().
@@ -96,6 +112,9 @@ func runTests(ctx context.Context, srcs []source, b *builtinSet, tracing bool, p
 		EnableTracing(tracing).
 		SetParallel(parallel).
 		SetTimeout(TestTimeout)
+	if cov != nil {
+		runner.SetCoverageQueryTracer(cov).SetCoverageRuns([]cover.Kind{cover.KindIndexExcluded, cover.KindEarlyExit})
+	}
 	ch, err := runner.RunTests(ctx, nil)
 	if err != nil {
 		if na := b.notAllowed(mods); na != nil {

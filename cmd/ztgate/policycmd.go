@@ -33,7 +33,8 @@ see or change the policy a running gateway enforces ("policy status",
 "policy push") through the admin API.`,
 		Args: cobra.NoArgs,
 	}
-	cmd.AddCommand(c.newPolicyTestCmd(), c.newPolicyEvalCmd(), c.newPolicyStatusCmd(), c.newPolicyPushCmd())
+	cmd.AddCommand(c.newPolicyTestCmd(), c.newPolicyEvalCmd(), c.newPolicyStatusCmd(), c.newPolicyPushCmd(),
+		c.newPolicyCapabilitiesCmd())
 	return cmd
 }
 
@@ -185,9 +186,25 @@ func allowBuiltinFlag(cmd *cobra.Command, names *[]string) {
 			strings.Join(policy.RestrictedBuiltins(), ", ")+")")
 }
 
+// reportFormat is the value of `policy test --format`. Checked when the
+// flag is parsed, so that a bad value is a usage error like an unknown flag
+// and no test runs.
+type reportFormat string
+
+func (f *reportFormat) String() string { return string(*f) }
+func (f *reportFormat) Type() string   { return "format" }
+func (f *reportFormat) Set(v string) error {
+	if v != policy.FormatPretty && v != policy.FormatJSON {
+		return fmt.Errorf("want %s or %s", policy.FormatPretty, policy.FormatJSON)
+	}
+	*f = reportFormat(v)
+	return nil
+}
+
 func (c *cli) newPolicyTestCmd() *cobra.Command {
-	var verbose bool
+	var verbose, coverage bool
 	var allow []string
+	format := reportFormat(policy.FormatPretty)
 	cmd := &cobra.Command{
 		Use:   "test DIR",
 		Short: "Run the Rego tests (*_test.rego) in DIR with ztgate's builtins",
@@ -195,15 +212,30 @@ func (c *cli) newPolicyTestCmd() *cobra.Command {
 (mqtt.topic_matches, mqtt.filter_within). Fails when a test fails, or when no
 test ran at all. As in the gateway, a policy or test calling a restricted
 builtin (http.send, net.lookup_ip_addr, time.now_ns, ...) does not compile
-unless --allow-builtin names it.`,
-		Example: "  ztgate policy test policy/defaultpolicy",
-		Args:    cobra.ExactArgs(1),
+unless --allow-builtin names it.
+
+--format json prints a JSON array with a result per test, shaped as
+"opa test --format json" prints it ("package", "name", "location",
+"duration" in nanoseconds, "fail", "error", "skip"), plus "result" (pass,
+fail, error or skip) and, for a failed test, "failure": the location and text
+of the expression it failed at.
+
+--coverage reports, per file, the lines the tests evaluated and those they
+did not, as "opa test --coverage" does (test files included): a table after
+the test report, or with --format json {"tests": [...], "coverage": {...}}
+where "coverage" is what "opa test --coverage --format json" prints.`,
+		Example: `  ztgate policy test policy/defaultpolicy
+  ztgate policy test --coverage ./policies
+  ztgate policy test --format json ./policies | jq '.[] | select(.result != "pass")'`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fsys, err := policy.LoadDir(args[0])
 			if err != nil {
 				return err
 			}
-			passed, failed, err := policy.RunTestsWith(cmd.Context(), fsys, c.stdout, policy.TestOptions{Verbose: verbose, AllowBuiltins: allow})
+			passed, failed, err := policy.RunTestsWith(cmd.Context(), fsys, c.stdout, policy.TestOptions{
+				Verbose: verbose, AllowBuiltins: allow, Format: string(format), Coverage: coverage,
+			})
 			if err != nil {
 				return err
 			}
@@ -217,6 +249,39 @@ unless --allow-builtin names it.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print every test, not only failures")
+	cmd.Flags().Var(&format, "format", "report format: pretty or json")
+	_ = cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(
+		[]string{policy.FormatPretty, policy.FormatJSON}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.Flags().BoolVar(&coverage, "coverage", false, "report the lines the tests cover, per file")
+	allowBuiltinFlag(cmd, &allow)
+	return cmd
+}
+
+func (c *cli) newPolicyCapabilitiesCmd() *cobra.Command {
+	var allow []string
+	cmd := &cobra.Command{
+		Use:   "capabilities",
+		Short: "Print the OPA capabilities file of ztgate policies, for opa check and Regal",
+		Long: `Print, as JSON, the OPA capabilities a ztgate policy is compiled with: OPA's
+builtins for the OPA version ztgate is built with, the mqtt.* builtins with
+their types, and without the restricted builtins (http.send, time.now_ns, ...)
+that the gateway refuses unless policy_allow_builtins (here --allow-builtin)
+names them. Give it to "opa check --capabilities FILE" or Regal
+(capabilities.from.file in .regal/config.yaml) so that they accept the
+mqtt.* builtins and refuse what the gateway refuses. The repository keeps the
+default output as policy/capabilities.json.`,
+		Example: `  ztgate policy capabilities > capabilities.json
+  opa check --strict --capabilities capabilities.json ./policies`,
+		Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			raw, err := policy.CapabilitiesJSON(allow)
+			if err != nil {
+				return err
+			}
+			_, err = c.stdout.Write(raw)
+			return err
+		},
+	}
 	allowBuiltinFlag(cmd, &allow)
 	return cmd
 }
