@@ -179,6 +179,11 @@ func adminRequest(t *testing.T, rt route, name string) (path, contentType string
 		return path, "application/json", []byte(`{"action":"admin"}`)
 	case "DELETE /v1/retained":
 		return path + "?topic=devices/" + name + "/state", "", nil
+	case "PATCH /v1/devices/{name}/labels":
+		return path, "application/json", []byte(`{"set":{"zone":"a"},"remove":["old"]}`)
+	case "DELETE /v1/policy/modules/{name}":
+		// The module the PUT above uploads (the table lists PUT first).
+		return "/v1/policy/modules/extra.rego", "", nil
 	}
 	return path, "", nil
 }
@@ -237,6 +242,19 @@ func TestNonAdminIdentitiesForbiddenOnEveryAdminRoute(t *testing.T) {
 			path = "/v1/devices/allowed/revoke"
 		case strings.Contains(rt.path, "{name}") && !strings.HasPrefix(rt.path, "/v1/policy"):
 			path, ct, body = adminRequest(t, rt, "target")
+		}
+		switch rt.pattern() {
+		case "GET /v1/denials/stream":
+			// A stream that does not end; console_stream_test.go
+			// reads it.
+			continue
+		case "GET /v1/console/session":
+			// Admitted, but a certificate holder has no console
+			// session.
+			if r := e.do(e.admin, rt.method, path, ct, body); r.Status != http.StatusNotFound {
+				t.Errorf("%s %s as admin: %d %s, want 404", rt.method, path, r.Status, r.Body)
+			}
+			continue
 		}
 		if r := e.do(e.admin, rt.method, path, ct, body); r.Status/100 != 2 {
 			t.Errorf("%s %s as admin: %d %s, want 2xx", rt.method, path, r.Status, r.Body)
@@ -358,6 +376,16 @@ func TestAnonymousCallers(t *testing.T) {
 			// Reached the handler, which has no bundle to serve here.
 			if r.Status != http.StatusNotFound {
 				t.Errorf("bundle without a certificate: %d %s, want 404 (endpoint off)", r.Status, r.Body)
+			}
+		case rt.pattern() == "GET /ui/login", rt.pattern() == "POST /ui/logout":
+			// Reached the handler: no login token, no console session.
+			if r.Status != http.StatusUnauthorized {
+				t.Errorf("%s without a certificate: %d %s, want 401", rt.pattern(), r.Status, r.Body)
+			}
+		case rt.pattern() == "POST /ui/login":
+			// Reached the handler: not a form.
+			if r.Status != http.StatusUnsupportedMediaType {
+				t.Errorf("%s without a certificate: %d %s, want 415", rt.pattern(), r.Status, r.Body)
 			}
 		default:
 			if r.Status != http.StatusOK {
@@ -483,7 +511,7 @@ func TestBadInputIsA4xxWithJSONError(t *testing.T) {
 		{"unknown device", "GET", "/v1/devices/missing", "", ``, 404},
 		{"revoke unknown device", "POST", "/v1/devices/missing/revoke", "", ``, 404},
 		{"unknown route", "GET", "/v1/nothing", "", ``, 404},
-		{"method not allowed", "DELETE", "/v1/devices/present", "", ``, 405},
+		{"method not allowed", "PUT", "/v1/devices/present", "", ``, 405},
 		{"method not allowed on healthz", "POST", "/healthz", "", ``, 405},
 	}
 	for _, tc := range cases {
@@ -720,7 +748,7 @@ func TestSessions(t *testing.T) {
 		r.DecodeJSON(t, &raw)
 		want := []map[string]any{{"client_id": "c1", "spiffe_id": "spiffe://example.org/device/sensor-0",
 			"device": "sensor-0", "remote_addr": "127.0.0.1:5000", "protocol_version": float64(5),
-			"connected_at": "2026-11-28T12:00:00Z"}}
+			"connected_at": "2026-11-28T12:00:00Z", "subscriptions": []any{}, "queue_depth": float64(0)}}
 		if !reflect.DeepEqual(raw, want) {
 			t.Fatalf("sessions %v, want %v", raw, want)
 		}

@@ -15,6 +15,10 @@ const (
 	actionSVIDRenew = "svid.renew"
 	actionPolicyPut = "policy.module.put"
 	actionImport    = "device.import"
+	// actionSessionKick and actionPolicyDelete are also their routes'
+	// actions.
+	actionSessionKick  = "session.kick"
+	actionPolicyDelete = "policy.delete"
 )
 
 const (
@@ -55,7 +59,7 @@ type AuditList struct {
 func (s *Server) writeOpts(r *http.Request) []registry.WriteOption {
 	return []registry.WriteOption{
 		registry.WithActor(stateOf(r).peer),
-		registry.WithDetail("remote " + r.RemoteAddr),
+		registry.WithDetail("remote " + r.RemoteAddr + viaConsole(r)),
 	}
 }
 
@@ -75,7 +79,7 @@ func (s *Server) record(r *http.Request, e registry.AuditEntry) error {
 	if e.Detail != "" {
 		e.Detail += "; "
 	}
-	e.Detail += "remote " + r.RemoteAddr
+	e.Detail += "remote " + r.RemoteAddr + viaConsole(r)
 	if e.Result != registry.ResultOK && !s.refusalAudit.AllowN(s.now(), 1) {
 		s.metrics.auditSuppressed.Inc()
 		s.log.Warn("api: audit entry not written: refusals over the audit rate limit",

@@ -14,7 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/identity"
-	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -529,17 +528,6 @@ func firstCert(chainPEM []byte) (*x509.Certificate, error) {
 		return nil, errors.New("api: signed chain has no certificate")
 	}
 	return x509.ParseCertificate(block.Bytes)
-}
-
-func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
-	var out []brokerview.Session
-	if s.cfg.Sessions != nil {
-		out = s.cfg.Sessions()
-	}
-	if out == nil {
-		out = []brokerview.Session{}
-	}
-	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {

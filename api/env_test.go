@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 
+	"github.com/ztgate/ztgate/console"
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/testclient"
 	"github.com/ztgate/ztgate/internal/testpki"
@@ -81,7 +82,13 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	logs := &lockedBuffer{}
 	eng := defaultEngine(t)
 	retained := newFakeRetained()
+	con, err := console.New(console.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{
+		// The console is on as in the gateway; an option may turn it off.
+		Console:  con,
 		Addr:     "127.0.0.1:0",
 		TLS:      identity.APIServerTLSConfig(cert, v),
 		Registry: reg,

@@ -80,6 +80,8 @@ func TestJSONRoutesCovered(t *testing.T) {
 		"POST /v1/devices/{name}/svid": true,
 		"POST /v1/svid/renew":          true,
 		"POST /v1/enroll":              true,
+		// PATCH: TestPatchLabelsFieldNamesAreCaseSensitive.
+		"PATCH /v1/devices/{name}/labels": true,
 		// The input document of a dry run is the policy's, not ours:
 		// Rego matches its keys, exactly.
 		"POST /v1/policy/eval": false,

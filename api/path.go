@@ -18,7 +18,7 @@ import (
 // Go's own encoding of the decoded path would not write (an escaped
 // unreserved character like %70, an escaped '/' or '+', a lower-case
 // escape); an empty segment ("//", a trailing '/'); a "." or ".." segment,
-// escaped or not. "/" alone is accepted (it routes nowhere).
+// escaped or not. "/" alone is accepted (it routes nowhere), and "/ui/".
 func checkPath(u *url.URL) error {
 	p := u.Path
 	if p == "" || p[0] != '/' {
@@ -28,7 +28,9 @@ func checkPath(u *url.URL) error {
 		return fmt.Errorf("request path %s is not canonical: send it as %s (no percent-escapes where none are needed, no escaped '/')",
 			clip(esc), clip(want))
 	}
-	if p == "/" {
+	if p == "/" || p == "/ui/" {
+		// "/ui/" is the console's start page, and a browser's
+		// relative links (style.css) need the trailing slash.
 		return nil
 	}
 	for seg := range strings.SplitSeq(p[1:], "/") {

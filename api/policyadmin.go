@@ -23,6 +23,11 @@ type PolicyAdmin interface {
 	// and is persisted to the engine's backing directory (else
 	// policy.ErrNoBackingDir) before it is activated.
 	PutModule(name string, src []byte) error
+	// RemoveModule removes one module under the same checks, persisting
+	// and replicating the set without it as PutModule does; a module not
+	// in force is an error wrapping policy.ErrModuleNotFound, the last one
+	// that is not a test one wrapping policy.ErrPolicyEmpty.
+	RemoveModule(name string) error
 	// DecideJSON evaluates the policy for a raw input document.
 	DecideJSON(ctx context.Context, raw []byte) (policy.Decision, error)
 }
@@ -45,6 +50,9 @@ type EvalResponse struct {
 	// Error is set when evaluation failed; the decision is then a deny,
 	// as it would be at enforcement.
 	Error string `json:"error,omitempty"`
+	// Input is the input built from the playground's shorthand (device,
+	// action, topic); absent for a raw input document.
+	Input json.RawMessage `json:"input,omitempty"`
 }
 
 // moduleNameRE is a module file name: no path, no hidden file.
@@ -110,30 +118,8 @@ func (s *Server) putPolicyModule(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, "module body", badRequest("the module is empty"))
 		return
 	}
-	err = pa.PutModule(name, src)
-	switch {
-	case errors.Is(err, policy.ErrPolicyRejected):
-		// The last good revision stays in force; say why the new one
-		// did not make it.
-		s.log.Warn("api: policy module refused", "module", name, "by", stateOf(r).peer, "err", err)
-		writeError(w, http.StatusUnprocessableEntity, err.Error())
-		return
-	case errors.Is(err, policy.ErrInvalidModuleName):
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	case errors.Is(err, policy.ErrNoBackingDir):
-		writeError(w, http.StatusConflict, "the policy has no backing directory, so an uploaded module could not be kept; "+
-			"run with a policy directory")
-		return
-	case errors.Is(err, policy.ErrNotCommitted):
-		// A cluster node that could not write the module to the cluster
-		// (no quorum, or another node changed the policy first): it is
-		// neither in force nor kept anywhere.
-		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusServiceUnavailable, err.Error())
-		return
-	case err != nil:
-		s.internalError(w, "put policy module", err)
+	if err := pa.PutModule(name, src); err != nil {
+		s.failModule(w, r, "upload", name, err)
 		return
 	}
 	st := statusOf(pa.Status())
@@ -143,6 +129,31 @@ func (s *Server) putPolicyModule(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("api: policy module activated", "module", name, "revision", st.Revision, "by", stateOf(r).peer)
 	writeJSON(w, http.StatusOK, st)
+}
+
+// failModule answers the error of a module upload or removal (op), after
+// which the revision in force stays.
+func (s *Server) failModule(w http.ResponseWriter, r *http.Request, op, name string, err error) {
+	switch {
+	case errors.Is(err, policy.ErrPolicyRejected):
+		// The last good revision stays in force; say why the new one
+		// did not make it.
+		s.log.Warn("api: policy module "+op+" refused", "module", name, "by", stateOf(r).peer, "err", err)
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+	case errors.Is(err, policy.ErrInvalidModuleName):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, policy.ErrNoBackingDir):
+		writeError(w, http.StatusConflict, "the policy has no backing directory, so the module's "+op+" could not be kept; "+
+			"run with a policy directory")
+	case errors.Is(err, policy.ErrNotCommitted):
+		// A cluster node that could not write the change to the cluster
+		// (no quorum, or another node changed the policy first): it is
+		// neither in force nor kept anywhere.
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	default:
+		s.internalError(w, "policy module "+op, err)
+	}
 }
 
 func (s *Server) evalPolicy(w http.ResponseWriter, r *http.Request) {
@@ -170,10 +181,20 @@ func (s *Server) evalPolicy(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, "eval input", badRequest("the input must be one JSON object"))
 		return
 	}
+	// The console's playground: a device, an action and a topic, made
+	// into the input the gateway would build.
+	var built json.RawMessage
+	if isPlayground(doc) {
+		if raw, err = s.playgroundInput(raw); err != nil {
+			s.fail(w, "eval playground", err)
+			return
+		}
+		built = raw
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), decisionTimeout)
 	defer cancel()
 	dec, err := pa.DecideJSON(ctx, raw)
-	out := EvalResponse{Allow: dec.Allow && err == nil && dec.Err == nil, Reasons: dec.Reasons, Revision: dec.Revision}
+	out := EvalResponse{Allow: dec.Allow && err == nil && dec.Err == nil, Reasons: dec.Reasons, Revision: dec.Revision, Input: built}
 	if out.Reasons == nil {
 		out.Reasons = []string{}
 	}

@@ -7,7 +7,10 @@ type access int
 
 const (
 	// adminAccess routes need a verified client SVID (401 without one)
-	// and the policy's "admin" decision for it (403 when denied).
+	// and the policy's "admin" decision for it (403 when denied). A
+	// caller without a certificate may instead bring a console session
+	// cookie: the session's SPIFFE ID is then decided the same way, and a
+	// state change also needs the session's CSRF token.
 	adminAccess access = iota
 	// selfAccess routes need a verified client SVID but no admin decision:
 	// the caller acts on its own identity only, and the handler checks
@@ -60,16 +63,33 @@ var routes = []route{
 	{method: http.MethodPost, path: "/v1/devices/{name}/revoke", action: "device.revoke", handler: (*Server).revokeDevice},
 	{method: http.MethodPost, path: "/v1/devices/{name}/suspend", action: "device.suspend", handler: (*Server).suspendDevice},
 	{method: http.MethodPost, path: "/v1/devices/{name}/resume", action: "device.resume", handler: (*Server).resumeDevice},
+	{method: http.MethodPatch, path: "/v1/devices/{name}/labels", action: "device.label", handler: (*Server).patchLabels},
+	{method: http.MethodDelete, path: "/v1/devices/{name}/sessions", action: actionSessionKick, handler: (*Server).kickSessions},
+	{method: http.MethodDelete, path: "/v1/devices/{name}", action: "device.delete", handler: (*Server).deleteDevice},
 	{method: http.MethodPost, path: "/v1/tokens", action: "token.create", signs: true, handler: (*Server).createToken},
 	{method: http.MethodPost, path: "/v1/enroll", access: publicAccess, action: "token.redeem", signs: true, handler: (*Server).enroll},
 	{method: http.MethodPost, path: "/v1/svid/renew", access: selfAccess, action: actionSVIDRenew, signs: true, handler: (*Server).renewSVID},
 	{method: http.MethodGet, path: "/v1/audit", action: "audit.list", handler: (*Server).listAudit},
 	{method: http.MethodGet, path: "/v1/policy", action: "policy.status", handler: (*Server).policyStatus},
 	{method: http.MethodPut, path: "/v1/policy/modules/{name}", action: actionPolicyPut, maxBody: maxModuleBodyBytes, handler: (*Server).putPolicyModule},
+	{method: http.MethodDelete, path: "/v1/policy/modules/{name}", action: actionPolicyDelete, handler: (*Server).deletePolicyModule},
 	{method: http.MethodPost, path: "/v1/policy/eval", action: "policy.eval", handler: (*Server).evalPolicy},
 	{method: http.MethodGet, path: "/v1/sessions", action: "session.list", handler: (*Server).listSessions},
 	{method: http.MethodGet, path: "/v1/retained", action: "retained.list", handler: (*Server).listRetained},
 	{method: http.MethodDelete, path: "/v1/retained", action: actionRetainedDelete, handler: (*Server).deleteRetained},
+	// The web console. Minting a login needs a client certificate (the
+	// handler refuses a console session); the other /v1 routes also
+	// take the console's cookie. Under /ui/: the sign-in, where the login
+	// token is the credential, and the embedded assets, which carry no
+	// data (the pages fetch it with the cookie).
+	{method: http.MethodPost, path: "/v1/console/logins", action: actionConsoleLogin, handler: (*Server).createConsoleLogin},
+	{method: http.MethodGet, path: "/v1/console/session", action: "console.session", handler: (*Server).consoleSession},
+	{method: http.MethodGet, path: "/v1/overview", action: "overview.read", handler: (*Server).overview},
+	{method: http.MethodGet, path: "/v1/denials/stream", action: "denials.stream", handler: (*Server).streamDenials},
+	{method: http.MethodGet, path: "/ui/login", access: publicAccess, action: actionConsoleSignIn, handler: (*Server).consoleLoginPage},
+	{method: http.MethodPost, path: "/ui/login", access: publicAccess, action: actionConsoleSignIn, handler: (*Server).consoleSignIn},
+	{method: http.MethodPost, path: "/ui/logout", access: publicAccess, action: actionConsoleSignOut, handler: (*Server).consoleSignOut},
+	{method: http.MethodGet, path: "/ui/", access: publicAccess, action: "console.assets", handler: (*Server).serveConsoleAssets},
 	// Probes: a load balancer must reach them without credentials, and
 	// they reveal nothing but whether the API is up and ready.
 	{method: http.MethodGet, path: "/healthz", access: publicAccess, action: "health", handler: (*Server).healthz},

@@ -32,6 +32,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 
+	"github.com/ztgate/ztgate/console"
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/policy"
@@ -102,6 +103,16 @@ type Config struct {
 	// Policy administers the policy engine (status, module upload, dry
 	// runs); nil makes the /v1/policy routes answer 501.
 	Policy PolicyAdmin
+	// Console signs operators in to the web console and holds their
+	// sessions; nil serves no console: /ui/ answers 404 and the
+	// /v1/console routes 501.
+	Console *console.Console
+	// Sampler keeps the decision rate the overview shows; the server
+	// runs it from Start to Close. Nil shows no points.
+	Sampler *console.Sampler
+	// Denials is where GET /v1/denials/stream takes the denies it
+	// streams (the decision log); nil answers 501.
+	Denials DenialSource
 	// EnrollRate and EnrollBurst limit POST /v1/enroll per remote address
 	// (IPv4 address or IPv6 /64); zero means DefaultEnrollRate and
 	// DefaultEnrollBurst, rate.Inf means no limit.
@@ -124,6 +135,15 @@ type Config struct {
 	// DeleteRetained removes the retained message of a topic name and
 	// reports whether there was one; nil means there never is.
 	DeleteRetained func(topic string) (bool, error)
+
+	// ioTimeout replaces the server's 30 s read and write timeouts; tests
+	// shorten it to see a stream outlive them.
+	ioTimeout time.Duration
+	// KickSessions ends the live MQTT connections of the identity
+	// spiffeID (MQTT 5 clients get DISCONNECT 0x98) without changing its
+	// registry entry, and reports how many it ended; nil means there are
+	// none to end.
+	KickSessions func(spiffeID string) (int, error)
 }
 
 // Server is the admin API server.
@@ -150,6 +170,17 @@ type Server struct {
 	listener net.Listener
 	started  bool
 	done     chan struct{} // closed when Serve returns
+
+	// closing is closed when Close begins, ending the long-lived
+	// responses (the denial stream) that Shutdown would otherwise wait
+	// for; stopSampler ends the sampler.
+	closing     chan struct{}
+	closeOnce   sync.Once
+	stopSampler context.CancelFunc
+	// assets serves the console's embedded files.
+	assets http.Handler
+	// overviewCounts caches the registry's device counts (overview.go).
+	overviewCounts deviceCounts
 }
 
 // New checks cfg and builds a Server. It does not listen; see Start.
@@ -231,6 +262,8 @@ func New(cfg Config) (*Server, error) {
 		refusalAudit: rate.NewLimiter(refusalAuditRate, refusalAuditBurst),
 		now:          time.Now,
 		done:         make(chan struct{}),
+		closing:      make(chan struct{}),
+		assets:       console.Assets(),
 	}
 	s.metricsH = promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelError),
@@ -241,6 +274,10 @@ func New(cfg Config) (*Server, error) {
 		s.mux.HandleFunc(rt.pattern(), func(w http.ResponseWriter, r *http.Request) { h(s, w, r) })
 		s.byPattern[rt.pattern()] = rt
 	}
+	ioTimeout := 30 * time.Second
+	if cfg.ioTimeout > 0 {
+		ioTimeout = cfg.ioTimeout
+	}
 	if cfg.TLS.ClientAuth == tls.RequireAnyClientCert || cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert {
 		cfg.Logger.Warn("api: the TLS config requires a client certificate; enrollment by bootstrap token " +
 			"and anonymous probes will fail in the handshake (use identity.APIServerTLSConfig)")
@@ -250,8 +287,8 @@ func New(cfg Config) (*Server, error) {
 		Handler:           http.HandlerFunc(s.serve),
 		TLSConfig:         cfg.TLS.Clone(),
 		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		ReadTimeout:       ioTimeout,
+		WriteTimeout:      ioTimeout,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
@@ -278,6 +315,11 @@ func (s *Server) Start() error {
 	}
 	s.listener = ln
 	s.started = true
+	if s.cfg.Sampler != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopSampler = cancel
+		go s.cfg.Sampler.Run(ctx)
+	}
 	go func() {
 		defer close(s.done)
 		// ServeTLS (not a bare tls.NewListener) so HTTP/2 is negotiated.
@@ -307,6 +349,12 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	if !started {
 		return nil
+	}
+	// Streams end first: Shutdown waits for every active request, and a
+	// stream would hold it for the whole timeout.
+	s.closeOnce.Do(func() { close(s.closing) })
+	if s.stopSampler != nil {
+		s.stopSampler()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
@@ -380,7 +428,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	switch acc {
 	case adminAccess:
-		id, ok := s.authorize(rec, r, rt)
+		id, ok := s.authorize(rec, r, rt, st)
 		st.peer = id
 		if !ok {
 			return
@@ -442,8 +490,11 @@ func (s *Server) noCAMessage() string {
 // reqState is what serve learns about a request, shared with its handler
 // through the request context.
 type reqState struct {
-	peer   string // the verified SPIFFE ID of the caller, "" when anonymous
-	target string // what the request acts on, for the audit log (set by handlers)
+	peer string // the verified SPIFFE ID of the caller, "" when anonymous
+	// console is the console session the caller was authenticated by,
+	// nil for a client certificate.
+	console *console.Session
+	target  string // what the request acts on, for the audit log (set by handlers)
 	// audited is set by a handler that recorded the request's outcome in
 	// the audit log itself.
 	audited bool
@@ -479,10 +530,15 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (spiffeid.
 // admin request (rt is nil for an unknown route; see admit). It writes the
 // error response itself, audits a refusal, and returns false when the
 // request must not proceed.
-func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *route) (spiffeID string, ok bool) {
-	id, ok := s.authenticate(w, r)
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *route, st *reqState) (spiffeID string, ok bool) {
+	id, sess, ok := s.authenticateAdmin(w, r)
+	if sess != nil {
+		st.console = sess
+		// Known even when refused (a missing CSRF token), for the audit.
+		spiffeID = id.String()
+	}
 	if !ok {
-		return "", false
+		return spiffeID, false
 	}
 	spiffeID = id.String()
 	action := "api.request"

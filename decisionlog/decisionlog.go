@@ -133,6 +133,13 @@ type Logger struct {
 	stop, ticked chan struct{}
 
 	written, dropped, sync, failed, aggregated atomic.Uint64
+
+	// subs are the deny subscribers (subscribe.go); nsubs counts them so
+	// the decision path skips publishing with one atomic load when there
+	// are none.
+	subs       subscribers
+	nsubs      atomic.Int32
+	subDropped atomic.Uint64
 }
 
 // entry is what the decision path hands to the writer: copies of everything
@@ -259,6 +266,9 @@ func (w *decider) Decide(ctx context.Context, in *policy.Input) policy.Decision 
 		return d
 	}
 	d.ID = w.l.log(in, d, deny)
+	if deny && w.l.nsubs.Load() > 0 {
+		w.l.publish(in, &d)
+	}
 	return d
 }
 
@@ -533,6 +543,7 @@ func (l *Logger) Close() error {
 	l.closed = true
 	close(l.ch)
 	l.mu.Unlock()
+	l.closeSubscribers()
 
 	if l.agg != nil {
 		close(l.stop)

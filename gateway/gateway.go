@@ -332,6 +332,8 @@ func (g *Gateway) Sessions() []brokerview.Session {
 			RemoteAddr:      s.remote,
 			ProtocolVersion: s.version,
 			ConnectedAt:     s.connectedAt,
+			Subscriptions:   subscriptionsView(s.cl),
+			QueueDepth:      s.cl.State.Inflight.Len(),
 		})
 		return true
 	})
@@ -491,6 +493,7 @@ const (
 	reasonUnverified    = "unverified"     // the peer's chain no longer verifies against the bundles
 	reasonTakeover      = "takeover"       // a new connection took the session over
 	reasonPublishDenied = "publish_denied" // MQTT 3.1.1 QoS>0 PUBLISH denied
+	reasonKicked        = "kicked"         // an admin ended the device's sessions (KickSessions)
 )
 
 // statusReason is the disconnect reason for a device in status st.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ztgate/ztgate/policy"
 )
@@ -416,4 +417,27 @@ func (m *Metrics) SetDecisionCacheStats(stats func() policy.CacheStats) {
 		return
 	}
 	m.cacheStats.Store(&stats)
+}
+
+// DecisionTotals returns the decisions counted so far over every action:
+// allowed, and denied (evaluation errors included, which deny). It reads
+// the counters the decision path already increments, so sampling it costs
+// the decision path nothing; zeros on a nil Metrics.
+func (m *Metrics) DecisionTotals() (allowed, denied uint64) {
+	if m == nil {
+		return 0, 0
+	}
+	var pb dto.Metric
+	read := func(c prometheus.Counter) uint64 {
+		pb.Reset()
+		if c.Write(&pb) != nil || pb.Counter == nil {
+			return 0
+		}
+		return uint64(pb.Counter.GetValue())
+	}
+	for i := range actions {
+		allowed += read(m.decisions[i][resultAllow])
+		denied += read(m.decisions[i][resultDeny]) + read(m.decisions[i][resultError])
+	}
+	return allowed, denied
 }

@@ -447,3 +447,22 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("%d revision series, want 1", n)
 	}
 }
+
+func TestDecisionTotals(t *testing.T) {
+	m := New(nil)
+	if a, d := m.DecisionTotals(); a != 0 || d != 0 {
+		t.Fatalf("fresh: %d %d", a, d)
+	}
+	m.ObserveDecision(policy.ActionPublish, true, nil, 0)
+	m.ObserveDecision(policy.ActionReceive, true, nil, 0)
+	m.ObserveDecision(policy.ActionConnect, false, nil, 0)
+	m.ObserveDecision(policy.ActionAdmin, false, errors.New("boom"), 0) // an error denies
+	m.ObserveDecision("bogus", true, nil, 0)
+	if a, d := m.DecisionTotals(); a != 3 || d != 2 {
+		t.Fatalf("totals %d allowed, %d denied; want 3, 2", a, d)
+	}
+	var nilM *Metrics
+	if a, d := nilM.DecisionTotals(); a != 0 || d != 0 {
+		t.Fatal("nil Metrics counts")
+	}
+}

@@ -268,6 +268,9 @@ func TestSetCommit(t *testing.T) {
 		{"test-only change", func(e *policy.Engine, dir string) error {
 			return e.PutModule("admin_test.rego", []byte("package ztgate.authz_test\n\ntest_x if true\n"))
 		}, with(baseFiles(), "admin_test.rego", "package ztgate.authz_test\n\ntest_x if true\n")},
+		{"RemoveModule", func(e *policy.Engine, dir string) error {
+			return e.RemoveModule("authz_test.rego")
+		}, with(baseFiles(), "authz_test.rego", "")},
 	}
 	for _, tt := range changes {
 		t.Run(tt.name+": refused", func(t *testing.T) {

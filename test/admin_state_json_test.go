@@ -31,8 +31,13 @@ func TestAdminStateJSONShape(t *testing.T) {
 		t.Fatalf("GET /v1/sessions: %s; want sensor-1's session", res.Body)
 	}
 	s := sessions[i]
-	checkKeys(t, "session", s, "client_id", "spiffe_id", "device", "remote_addr", "protocol_version", "connected_at")
-	want := map[string]any{"client_id": "sensor-1", "spiffe_id": s1.ID, "device": "sensor-1", "protocol_version": float64(5)}
+	checkKeys(t, "session", s, "client_id", "spiffe_id", "device", "remote_addr", "protocol_version", "connected_at",
+		"subscriptions", "queue_depth")
+	want := map[string]any{"client_id": "sensor-1", "spiffe_id": s1.ID, "device": "sensor-1", "protocol_version": float64(5),
+		"queue_depth": float64(0)}
+	if subs, ok := s["subscriptions"].([]any); !ok || len(subs) != 0 {
+		t.Errorf("session subscriptions %v, want []", s["subscriptions"])
+	}
 	for k, v := range want {
 		if s[k] != v {
 			t.Errorf("session %s = %v, want %v", k, s[k], v)

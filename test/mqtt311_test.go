@@ -131,3 +131,24 @@ func TestMQTT311_PublishRefused(t *testing.T) {
 	}
 	spy.Msgs.ExpectNone(t, quiet)
 }
+
+// MQTT 3.1 (protocol level 3, "MQIsdp") is refused: the policy contract
+// knows 3.1.1 and 5 only, and mochi would take 3.1 by default. The same
+// device with MQTT 3.1.1 is the positive control.
+func TestMQTT31_Refused(t *testing.T) {
+	testclient.RequireMosquitto(t)
+	t.Parallel()
+	f := newFleet(t)
+
+	ok := pub(t, f.env, f.s1, "-V", "mqttv311", "-t", "devices/sensor-1/telemetry/t", "-m", "x")
+	if ok.ExitCode != 0 {
+		t.Fatalf("control: mosquitto_pub -V mqttv311: exit %d: %s", ok.ExitCode, ok.Output())
+	}
+	res := pub(t, f.env, f.s1, "-V", "mqttv31", "-t", "devices/sensor-1/telemetry/t", "-m", "x")
+	if res.ExitCode == 0 {
+		t.Fatalf("mosquitto_pub -V mqttv31 was accepted: %s", res.Output())
+	}
+	if out := strings.ToLower(res.Output()); !strings.Contains(out, "protocol version") {
+		t.Fatalf("mosquitto_pub -V mqttv31: want a refusal naming the protocol version, got: %s", res.Output())
+	}
+}

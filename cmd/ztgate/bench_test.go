@@ -101,18 +101,19 @@ func TestBenchBadFlags(t *testing.T) {
 		{"--log-level", []string{"--log-level", "loud"}},
 		{"--nodes must be between 1 and 5, got 0", []string{"--nodes", "0"}},
 		{"--nodes must be between 1 and 5, got 9", []string{"--nodes", "9"}},
-		{`--placement "nowhere"`, []string{"--nodes", "3", "--placement", "nowhere"}},
 		{"--nodes-compare compares a single node with a cluster", []string{"--nodes-compare"}},
 		{"--placement both needs a cluster", []string{"--placement", "both"}},
 		{"one at a time", []string{"--nodes", "3", "--placement", "both", "--policy", "both"}},
-		{`invalid argument "abc"`, []string{"--messages", "abc"}},
-		{"unknown flag", []string{"--publisher", "3"}},
-		{"unknown command", []string{"extra"}},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			failsWith(t, tc.want, append([]string{"bench"}, tc.args...)...)
 		})
 	}
+	// A command line that does not parse exits 2.
+	usageFails(t, `invalid argument "abc"`, "bench", "--messages", "abc")
+	usageFails(t, "unknown flag", "bench", "--publisher", "3")
+	usageFails(t, "unknown command", "bench", "extra")
+	usageFails(t, `--placement "nowhere"`, "bench", "--nodes", "3", "--placement", "nowhere")
 }
 
 // TestBenchInterrupt stops a bench as Ctrl-C does: it ends at once with

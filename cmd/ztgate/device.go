@@ -42,6 +42,8 @@ ZTGATE_ADMIN_DIR); the defaults are those of "ztgate dev".`,
 		c.newStatusCmd(f, "revoke", "Revoke a device: its sessions are cut and it can never connect again", "revoked"),
 		c.newStatusCmd(f, "suspend", "Suspend a device: its sessions are cut until it is resumed", "suspended"),
 		c.newStatusCmd(f, "resume", "Resume a suspended device", "active"),
+		c.newLabelCmd(f),
+		c.newDeleteCmd(f),
 	)
 	return cmd
 }

@@ -225,7 +225,6 @@ func TestClientErrors(t *testing.T) {
 		{"label twice", with(unreachable, "enroll", "ok-1", "--label", "a=1", "--label", "a=2"), "given twice"},
 		{"bad spiffe id", with(unreachable, "enroll", "ok-1", "--spiffe-id", "not an id"), "--spiffe-id"},
 		{"show bad name", with(unreachable, "show", "../x"), "invalid device name"},
-		{"no name", with(live, "enroll"), "accepts 1 arg(s), received 0"},
 
 		{"unreachable API", with(unreachable, "list"), "cannot reach the API at " + dead + " (is `ztgate dev` running?)"},
 		{"unreachable API on enroll", with(unreachable, "enroll", "ok-1"), "cannot reach the API"},
@@ -235,16 +234,17 @@ func TestClientErrors(t *testing.T) {
 		// API answers: the {"error": ...} message on one line.
 		{"spiffe id of another device", with(live, "enroll", "ok-2", "--spiffe-id", "spiffe://example.org/device/other", "--out", filepath.Join(t.TempDir(), "o")), "device namespace"},
 		{"show unknown", with(live, "show", "ghost"), "not found"},
-
-		{"unknown command", []string{"devices"}, `unknown command "devices"`},
-		{"unknown flag", []string{"device", "list", "--nope"}, "unknown flag: --nope"},
-		{"serve without config", []string{"serve"}, `required flag(s) "config" not set`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			failsWith(t, tc.want, tc.args...)
 		})
 	}
+	// A command line that does not parse is a usage error: exit 2.
+	usageFails(t, "accepts 1 arg(s), received 0", with(live, "enroll")...)
+	usageFails(t, `unknown command "devices"`, "devices")
+	usageFails(t, "unknown flag: --nope", "device", "list", "--nope")
+	usageFails(t, `required flag(s) "config" not set`, "serve")
 
 	// Positive controls: the same calls against the live API succeed.
 	out := filepath.Join(t.TempDir(), "ok-1")
@@ -360,7 +360,7 @@ func TestPolicyEval(t *testing.T) {
 	writeFile(t, bad, "{not json")
 	failsWith(t, "not valid JSON", "policy", "eval", "--input", bad)
 	failsWith(t, "no such file", "policy", "eval", "--input", filepath.Join(dir, "missing.json"))
-	failsWith(t, `required flag(s) "input" not set`, "policy", "eval")
+	usageFails(t, `required flag(s) "input" not set`, "policy", "eval")
 }
 
 func contains(list []string, s string) bool {

@@ -481,12 +481,13 @@ func TestRenewBadArguments(t *testing.T) {
 		{"no key", []string{"renew", "--dir", onlyCert, "--api", a.APIURL()}, filepath.Join(onlyCert, identity.SVIDKeyFile)},
 		{"plain http", []string{"renew", "--dir", dir, "--api", "http://" + a.APIAddr().String()}, "want an https:// URL"},
 		{"exec timeout", []string{"renew", "--dir", dir, "--api", a.APIURL(), "--exec-timeout", "0s"}, "--exec-timeout"},
-		{"arguments", []string{"renew", "--dir", dir, "extra"}, "unknown command"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			failsWith(t, tc.want, tc.args...)
 		})
 	}
+	// An argument renew does not take is a usage error: exit 2.
+	usageFails(t, `unknown command "extra" for "ztgate renew"`, "renew", "--dir", dir, "extra")
 	// Positive control: the same directory renews.
 	if r := ztgate(t, nil, "", "renew", "--dir", dir, "--api", a.APIURL(), "--once"); r.code != 0 {
 		t.Fatalf("renew --once: exit %d, stderr %q", r.code, r.stderr)

@@ -32,7 +32,7 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(stderr, "ztgate: %s\n", oneLine(err.Error()))
-		return 1
+		return exitCode(err)
 	}
 	return 0
 }
@@ -53,8 +53,13 @@ bootstrap token into an SVID and "ztgate renew" keeps it fresh.`,
 		SilenceErrors:     true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
+	policyCmd := c.newPolicyCmd()
+	policyCmd.AddCommand(c.newPolicyRmCmd())
 	root.AddCommand(c.newDevCmd(), c.newServeCmd(), c.newDeviceCmd(), c.newBootstrapEnrollCmd(),
-		c.newAuditCmd(), c.newPolicyCmd(), c.newBenchCmd(), c.newRenewCmd(), c.newCACmd())
+		c.newAuditCmd(), policyCmd, c.newBenchCmd(), c.newRenewCmd(), c.newCACmd(),
+		c.newSessionCmd(), c.newRetainedCmd(), c.newVersionCmd(), c.newCompletionCmd(root), c.newHealthcheckCmd(), c.newDashboardCmd())
+	// Last, so that it sees every command.
+	markUsageErrors(root)
 	return root
 }
 

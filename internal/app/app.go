@@ -33,6 +33,7 @@ import (
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/brokerstore"
 	"github.com/ztgate/ztgate/internal/brokerview"
+	"github.com/ztgate/ztgate/internal/buildinfo"
 	"github.com/ztgate/ztgate/internal/decisionchain"
 	"github.com/ztgate/ztgate/metrics"
 	"github.com/ztgate/ztgate/policy"
@@ -295,6 +296,10 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		return nil, err
 	}
 	served := cfg.ServedTrustDomains()
+	con, sampler, denials, err := a.consoleParts(cfg.Console)
+	if err != nil {
+		return nil, err
+	}
 	srv, err := api.New(api.Config{
 		Addr:           cfg.APIAddr,
 		TLS:            identity.APIServerTLSConfigFromSource(a.src, a.verifier),
@@ -312,11 +317,15 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		SVIDTTL:        cfg.SVIDTTL,
 		Logger:         a.log,
 		Metrics:        a.prom,
+		Console:        con,
+		Sampler:        sampler,
+		Denials:        denials,
 
 		ListRetained: func(filter string, limit int) ([]brokerview.RetainedMessage, error) {
 			return gw.RetainedMessages(filter, limit), nil
 		},
 		DeleteRetained: func(topic string) (bool, error) { return gw.DeleteRetained(topic), nil },
+		KickSessions:   gw.KickSessions,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -346,7 +355,9 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		a.watchIdentity(bg)
 	}()
 
-	a.log.Info("ztgate started", "mqtt", a.MQTTAddr().String(), "api", a.APIAddr().String(),
+	build := buildinfo.Get()
+	a.log.Info("ztgate started", "version", build.Version, "commit", build.Commit,
+		"mqtt", a.MQTTAddr().String(), "api", a.APIAddr().String(),
 		"trust_domain", a.td.Name(), "identity_source", cfg.Identity.Source, "data_dir", cfg.DataDir, "policy_dir", a.policyDir,
 		"policy_revision", a.engine.Revision())
 	return a, nil

@@ -72,6 +72,9 @@ type Config struct {
 	PolicyDir string `yaml:"policy_dir"`
 	// PolicyWatch reloads the policy directory when a file in it changes.
 	PolicyWatch bool `yaml:"policy_watch"`
+	// Console serves the web console under /ui/ on the API listener; off,
+	// /ui/ answers 404 and no console session can be opened.
+	Console bool `yaml:"console"`
 	// TrustDomain is the gateway's own SPIFFE trust domain: the built-in
 	// CA's, or the one the serving SVID of the files or Workload API
 	// source must be in.
@@ -404,6 +407,7 @@ func DefaultConfig() Config {
 		TrustDomain: DefaultTrustDomain,
 		SVIDTTL:     DefaultSVIDTTL,
 		PolicyWatch: true,
+		Console:     true,
 		LogLevel:    DefaultLogLevel,
 		LogFormat:   DefaultLogFormat,
 		DecisionLog: DecisionLogConfig{

@@ -20,6 +20,20 @@ type Session struct {
 	RemoteAddr      string    `json:"remote_addr"`
 	ProtocolVersion byte      `json:"protocol_version"`
 	ConnectedAt     time.Time `json:"connected_at"`
+	// Subscriptions are the filters the session holds, sorted by filter;
+	// a shared subscription as the client sent it ($share/GROUP/FILTER).
+	Subscriptions []Subscription `json:"subscriptions"`
+	// QueueDepth is the number of QoS 1 and 2 messages the broker holds
+	// for the client: sent and not yet acknowledged, or waiting for the
+	// client's receive maximum (the count ztgate_broker_queued_messages
+	// sums).
+	QueueDepth int `json:"queue_depth"`
+}
+
+// Subscription is one subscription of a session.
+type Subscription struct {
+	Filter string `json:"filter"`
+	QoS    byte   `json:"qos"`
 }
 
 // RetainedMessage is one retained message: no payload, which is the
