@@ -92,6 +92,9 @@ type Config struct {
 	// back through DeliverRemote, and the retained messages are the
 	// cluster's. nil: a single node.
 	Cluster ClusterLink
+	// Egress takes every allowed PUBLISH and Last Will that may leave
+	// the gateway (the bridges); nil: none.
+	Egress Egress
 }
 
 // Gateway is the MQTT broker of ztgate.
@@ -126,6 +129,10 @@ type Gateway struct {
 	wills delayedWills
 	// cluster is the link to the other nodes (cluster.go).
 	cluster clusterState
+	// egress takes the allowed messages that may leave (nil: none);
+	// bridgeClient publishes what comes in through the bridges.
+	egress       Egress
+	bridgeClient *mqtt.Client
 	// store is Config.Store; nil-safe to call.
 	store *brokerstore.Store
 	// dir is the session directory's side here; nil on a single node.
@@ -236,6 +243,8 @@ func New(cfg Config) (*Gateway, error) {
 	})
 	g.wills.init(g)
 	g.cluster.init(g, cfg.Cluster)
+	g.egress = cfg.Egress
+	g.bridgeClient = g.newBridgeClient()
 	g.hook = &hook{g: g}
 	if err := g.server.AddHook(g.hook, nil); err != nil {
 		g.cancel()

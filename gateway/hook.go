@@ -415,11 +415,15 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if cl == g.cluster.client {
 		return pk, nil // another node's, decided and forwarded there (DeliverRemote)
 	}
+	if cl == g.bridgeClient {
+		return pk, nil // an upstream's, decided as bridge_in (PublishAs)
+	}
 	s := g.session(cl)
 	code, reason := packets.ErrNotAuthorized, reasonPublishDenied
 	if s != nil && s.life.load().active() && g.allowPublish(s, pk) {
 		// In a cluster, stored by the cluster before mochi acknowledges it.
 		if g.forwardPublish(s, &pk) {
+			g.offer(s, pk.TopicName, pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain)
 			return pk, nil
 		}
 		code, reason = codeClusterUnavailable, reasonClusterUnavailable
@@ -480,6 +484,7 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 		return mqtt.Will{}, nil
 	}
 	g.forwardWill(s.spiffeID, will)
+	g.offer(s, will.TopicName, will.Payload, will.Qos, will.Retain)
 	return will, nil
 }
 

@@ -109,9 +109,9 @@ func publisherID(pk *packets.Packet) string {
 	switch origin {
 	case willClientID:
 		origin = pk.Connect.ClientIdentifier
-	case clusterClientID:
+	case clusterClientID, bridgeClientID:
 		// Another node's message carries its publisher's SPIFFE ID
-		// (ClusterMessage.packet).
+		// (ClusterMessage.packet), as a bridge's does (PublishAs).
 		return remotePublisher(pk.Connect.ClientIdentifier)
 	}
 	if !strings.HasPrefix(origin, "spiffe://") {

@@ -116,6 +116,7 @@ func (w *delayedWills) fire(key string, pw *pendingWill) {
 		return
 	}
 	g.forwardWill(s.spiffeID, will)
+	g.offer(s, will.TopicName, will.Payload, will.Qos, will.Retain)
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: will.Qos, Retain: will.Retain},
 		TopicName:   will.TopicName,

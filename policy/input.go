@@ -17,6 +17,14 @@ const (
 	ActionPublish   Action = "publish"
 	ActionReceive   Action = "receive"
 	ActionAdmin     Action = "admin"
+	// ActionBridgeOut decides whether a local message a device published
+	// (and was allowed to) leaves through a bridge to an upstream broker;
+	// the subject is the publisher.
+	ActionBridgeOut Action = "bridge_out"
+	// ActionBridgeIn decides whether a message received from an upstream
+	// broker is published locally; the subject is the bridge's own
+	// identity, spiffe://TD/bridge/NAME.
+	ActionBridgeIn Action = "bridge_in"
 )
 
 // Identity is the verified SPIFFE identity of a peer.
@@ -77,9 +85,17 @@ type Request struct {
 	Route  string
 }
 
+// Bridge is the bridge a bridge_out or bridge_in decision is about, and
+// the topic on the upstream's side (Input.Topic is the local one).
+type Bridge struct {
+	Name        string
+	URL         string
+	RemoteTopic string
+}
+
 // Input is one policy decision request: the document of DESIGN.md's policy
 // contract. Topic is set for publish/receive (and the Last Will), Filter for
-// subscribe, Request for admin.
+// subscribe, Request for admin, Topic and Bridge for bridge_out/bridge_in.
 type Input struct {
 	Action      Action
 	Subject     *Subject
@@ -90,6 +106,7 @@ type Input struct {
 	Will        bool
 	PayloadSize int
 	Request     *Request
+	Bridge      *Bridge
 	Time        time.Time
 }
 

@@ -20,12 +20,14 @@ import (
 //	receive        topic, qos, retain, will, payload_size
 //	subscribe      filter, qos (the requested maximum QoS)
 //	admin          request (omitted when the caller gave none)
+//	bridge_out     topic, qos, retain, will, payload_size, bridge
+//	bridge_in      topic, qos, retain, will, payload_size, bridge
 //
 // time is RFC 3339 in UTC with second precision; a zero Input.Time means now.
 
 // fieldSet says which optional fields an action's document carries.
 type fieldSet struct {
-	topic, filter, qos, message, request bool
+	topic, filter, qos, message, request, bridge bool
 }
 
 func fieldsFor(a Action) fieldSet {
@@ -36,6 +38,8 @@ func fieldsFor(a Action) fieldSet {
 		return fieldSet{filter: true, qos: true}
 	case ActionAdmin:
 		return fieldSet{request: true}
+	case ActionBridgeOut, ActionBridgeIn:
+		return fieldSet{topic: true, qos: true, message: true, bridge: true}
 	}
 	return fieldSet{}
 }
@@ -53,6 +57,9 @@ var (
 	keyWill            = ast.StringTerm("will")
 	keyPayloadSize     = ast.StringTerm("payload_size")
 	keyRequest         = ast.StringTerm("request")
+	keyBridge          = ast.StringTerm("bridge")
+	keyURL             = ast.StringTerm("url")
+	keyRemoteTopic     = ast.StringTerm("remote_topic")
 	keyTime            = ast.StringTerm("time")
 	keySPIFFEID        = ast.StringTerm("spiffe_id")
 	keyTrustDomain     = ast.StringTerm("trust_domain")
@@ -195,6 +202,13 @@ func (in *Input) value() ast.Value {
 			ast.Item(keyRoute, ast.StringTerm(in.Request.Route)),
 		)))
 	}
+	if fs.bridge && in.Bridge != nil {
+		items = append(items, ast.Item(keyBridge, ast.ObjectTerm(
+			ast.Item(keyName, ast.StringTerm(in.Bridge.Name)),
+			ast.Item(keyURL, ast.StringTerm(in.Bridge.URL)),
+			ast.Item(keyRemoteTopic, ast.StringTerm(in.Bridge.RemoteTopic)),
+		)))
+	}
 	return ast.NewObject(items...)
 }
 
@@ -213,7 +227,14 @@ type jsonInput struct {
 	Will        *bool        `json:"will,omitempty"`
 	PayloadSize *int         `json:"payload_size,omitempty"`
 	Request     *jsonRequest `json:"request,omitempty"`
+	Bridge      *jsonBridge  `json:"bridge,omitempty"`
 	Time        string       `json:"time"`
+}
+
+type jsonBridge struct {
+	Name        string `json:"name"`
+	URL         string `json:"url"`
+	RemoteTopic string `json:"remote_topic"`
 }
 
 type jsonIdentity struct {
@@ -282,6 +303,9 @@ func (in *Input) MarshalJSON() ([]byte, error) {
 	}
 	if fs.request && in.Request != nil {
 		doc.Request = &jsonRequest{Method: in.Request.Method, Path: in.Request.Path, Route: in.Request.Route}
+	}
+	if fs.bridge && in.Bridge != nil {
+		doc.Bridge = &jsonBridge{Name: in.Bridge.Name, URL: in.Bridge.URL, RemoteTopic: in.Bridge.RemoteTopic}
 	}
 	return json.Marshal(doc)
 }

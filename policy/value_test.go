@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -43,10 +44,15 @@ func valueInputs() map[string]*Input {
 		"subscribe-unenr": {Action: ActionSubscribe, Subject: unenrolled, Time: when, Filter: "#"},
 		"admin":           {Action: ActionAdmin, Subject: s, Time: when, Request: &Request{Method: "POST", Path: "/v1/devices", Route: "device.create"}, Topic: "ignored"},
 		"admin-norequest": {Action: ActionAdmin, Subject: s, Time: when},
-		"unknown-action":  {Action: "unsubscribe", Subject: s, Time: when, Topic: "x", Filter: "y"},
-		"empty-action":    {Subject: s, Time: when},
-		"bare-subject":    {Action: ActionPublish, Subject: bare, Time: when, Topic: "t"},
-		"odd-strings":     {Action: ActionPublish, Subject: s, Time: when, Topic: "a/\"b\"/\\/ü/\u2028/\x01"},
+		"bridge-out": {Action: ActionBridgeOut, Subject: s, Time: when, Topic: "devices/a/telemetry/t", QoS: 1, PayloadSize: 4,
+			Bridge: &Bridge{Name: "cloud", URL: "mqtts://up.example:8883", RemoteTopic: "plant-a/devices/a/telemetry/t"}, Request: &Request{Method: "GET"}},
+		"bridge-in": {Action: ActionBridgeIn, Subject: unenrolled, Time: when, Topic: "devices/a/commands/x", Retain: true,
+			Bridge: &Bridge{Name: "cloud", URL: "mqtts://up.example:8883", RemoteTopic: "plant-a/devices/a/commands/x"}},
+		"publish-bridge": {Action: ActionPublish, Subject: s, Time: when, Topic: "t", Bridge: &Bridge{Name: "ignored"}},
+		"unknown-action": {Action: "unsubscribe", Subject: s, Time: when, Topic: "x", Filter: "y"},
+		"empty-action":   {Subject: s, Time: when},
+		"bare-subject":   {Action: ActionPublish, Subject: bare, Time: when, Topic: "t"},
+		"odd-strings":    {Action: ActionPublish, Subject: s, Time: when, Topic: "a/\"b\"/\\/ü/\u2028/\x01"},
 	}
 }
 
@@ -177,4 +183,30 @@ func BenchmarkInputValue(b *testing.B) {
 			_, _ = ast.InterfaceToValue(doc)
 		}
 	})
+}
+
+// bridge_out and bridge_in carry the message fields and the bridge; other
+// actions never carry a bridge.
+func TestBridgeInputDocument(t *testing.T) {
+	ins := valueInputs()
+	raw, err := json.Marshal(ins["bridge-out"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"name": "cloud", "url": "mqtts://up.example:8883", "remote_topic": "plant-a/devices/a/telemetry/t"}
+	if !reflect.DeepEqual(doc["bridge"], want) || doc["action"] != "bridge_out" || doc["topic"] != "devices/a/telemetry/t" ||
+		doc["qos"] != float64(1) || doc["payload_size"] != float64(4) || doc["request"] != nil {
+		t.Fatalf("bridge_out document: %s", raw)
+	}
+	raw, err = json.Marshal(ins["publish-bridge"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "bridge") {
+		t.Fatalf("publish document carries a bridge: %s", raw)
+	}
 }

@@ -16,6 +16,10 @@
 # retained) devices/+/commands/#.
 # An enrolled, active identity labelled role=admin may use the admin API.
 # Any enrolled, active identity may connect; what it may then do is above.
+# A bridge to an upstream broker (docs/bridges.md) may forward out a device's
+# own telemetry and state, as that device published them (bridge_out), and
+# bring in commands for devices, not retained (bridge_in, as the bridge's
+# identity spiffe://TD/bridge/NAME); nothing else.
 #
 # If data.ztgate.config.trust_domain is set, only identities of that trust
 # domain are allowed anything (the gateway's verifier already refuses trust
@@ -129,6 +133,36 @@ allow if {
 	mqtt.topic_matches("devices/+/commands/#", input.topic)
 }
 
+# --- bridges -------------------------------------------------------------------
+
+# Out: the publisher's own telemetry and state, which its publish decision
+# already allowed; the subject is the publishing device.
+allow if {
+	input.action == "bridge_out"
+	mqtt.topic_matches(device_topic(device_name(input), "telemetry/#"), input.topic)
+}
+
+allow if {
+	input.action == "bridge_out"
+	input.topic == device_topic(device_name(input), "state")
+}
+
+# In: commands for devices, never retained, from a bridge identity
+# spiffe://TD/bridge/NAME (not enrolled: bridges are configured, not
+# registered). Which device receives one is then decided by receive.
+bridge_identity(doc) if {
+	["bridge", name] = doc.identity.segments
+	safe_name(name)
+	trust_domain_ok(doc)
+}
+
+allow if {
+	input.action == "bridge_in"
+	bridge_identity(input)
+	input.retain == false
+	mqtt.topic_matches("devices/+/commands/#", input.topic)
+}
+
 # --- admin API -----------------------------------------------------------------
 
 allow if {
@@ -157,6 +191,7 @@ limits := {
 reasons contains "identity not enrolled" if {
 	not allow
 	not enrolled(input)
+	not input.action == "bridge_in" # a bridge is never enrolled
 }
 
 reasons contains "device suspended" if {
@@ -188,7 +223,7 @@ reasons contains "trust domain not served" if {
 
 reasons contains "unknown action" if {
 	not allow
-	not input.action in {"connect", "subscribe", "publish", "receive", "admin"}
+	not input.action in {"connect", "subscribe", "publish", "receive", "admin", "bridge_out", "bridge_in"}
 }
 
 reasons contains "last will topic not granted" if {
@@ -209,6 +244,23 @@ reasons contains "filter not granted" if {
 	not allow
 	active(input)
 	input.action == "subscribe"
+}
+
+reasons contains "not a device's own telemetry or state" if {
+	not allow
+	input.action == "bridge_out"
+}
+
+reasons contains "only commands come in through a bridge" if {
+	not allow
+	input.action == "bridge_in"
+	bridge_identity(input)
+}
+
+reasons contains "not a bridge identity" if {
+	not allow
+	input.action == "bridge_in"
+	not bridge_identity(input)
 }
 
 reasons contains "admin role required" if {

@@ -48,6 +48,15 @@ admin_request(segs, dev) := object.union(
 	{"request": {"method": "POST", "path": "/v1/devices"}},
 )
 
+bridge_msg(action, segs, dev, topic, retain) := object.union(
+	message(action, segs, dev, topic, retain, false),
+	{"bridge": {"name": "cloud", "url": "mqtts://up.example:8883", "remote_topic": concat("", ["plant-a/", topic])}},
+)
+
+bridge_out(segs, dev, topic) := bridge_msg("bridge_out", segs, dev, topic, false)
+
+bridge_in(segs, topic) := bridge_msg("bridge_in", segs, null, topic, false)
+
 allowed(doc) if {
 	authz.allow with input as doc
 }
@@ -561,4 +570,61 @@ test_device_keeps_configured_limits if {
 
 test_suspended_controller_gets_nothing_more if {
 	not authz.limits with input as connect(["workload", "ctl-1"], device("ctl-1", {"role": "controller"}, "suspended"))
+}
+
+# --- bridges ------------------------------------------------------------------
+
+# A bridge.
+brg := ["bridge", "cloud"]
+
+test_bridge_out_own_telemetry_and_state_allowed if {
+	allowed(bridge_out(s1, s1_dev, "devices/s1/telemetry/temp"))
+	allowed(bridge_out(s1, s1_dev, "devices/s1/telemetry/a/b"))
+	allowed(bridge_out(s1, s1_dev, "devices/s1/state"))
+	allowed(bridge_msg("bridge_out", s1, s1_dev, "devices/s1/state", true))
+}
+
+test_bridge_out_nothing_else_denied if {
+	allowed(bridge_out(s1, s1_dev, "devices/s1/telemetry/temp"))
+	denied(bridge_out(s1, s1_dev, "devices/s2/telemetry/temp")) # another device's
+	denied(bridge_out(s1, s1_dev, "devices/s1/commands/reboot"))
+	denied(bridge_out(ctl, ctl_dev, "devices/s1/commands/reboot")) # a controller's command
+	denied(bridge_out(ctl, ctl_dev, "devices/s1/telemetry/temp")) # not the controller's own
+	denied(bridge_out(s1, s1_dev, "other/topic"))
+	"not a device's own telemetry or state" in reasons(bridge_out(s1, s1_dev, "devices/s1/commands/reboot"))
+}
+
+test_bridge_out_inactive_device_denied if {
+	denied(bridge_out(s1, device("s1", {}, "suspended"), "devices/s1/telemetry/temp"))
+	denied(bridge_out(s1, null, "devices/s1/telemetry/temp"))
+}
+
+test_bridge_in_commands_allowed if {
+	allowed(bridge_in(brg, "devices/s1/commands/reboot"))
+	allowed(bridge_in(brg, "devices/s2/commands/a/b"))
+	count(reasons(bridge_in(brg, "devices/s1/commands/reboot"))) == 0
+}
+
+test_bridge_in_nothing_else_denied if {
+	allowed(bridge_in(brg, "devices/s1/commands/reboot"))
+	denied(bridge_in(brg, "devices/s1/telemetry/temp"))
+	denied(bridge_in(brg, "devices/s1/state"))
+	denied(bridge_in(brg, "$SYS/broker"))
+	denied(bridge_msg("bridge_in", brg, null, "devices/s1/commands/reboot", true)) # retained
+	"only commands come in through a bridge" in reasons(bridge_in(brg, "devices/s1/state"))
+	not "identity not enrolled" in reasons(bridge_in(brg, "devices/s1/state"))
+}
+
+test_bridge_in_only_bridge_identities if {
+	allowed(bridge_in(brg, "devices/s1/commands/reboot"))
+	denied(bridge_in(s1, "devices/s1/commands/reboot"))
+	denied(bridge_in(["bridge", "a", "b"], "devices/s1/commands/reboot"))
+	denied(bridge_in(["bridge", "+"], "devices/s1/commands/reboot"))
+	"not a bridge identity" in reasons(bridge_in(s1, "devices/s1/commands/reboot"))
+}
+
+test_bridge_actions_are_not_publish if {
+	# A bridge identity may not publish or connect as an MQTT client.
+	denied(publish(brg, null, "devices/s1/commands/reboot"))
+	denied(connect(brg, null))
 }

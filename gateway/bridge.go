@@ -1,0 +1,73 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ztgate/ztgate/policy"
+)
+
+// Egress takes the messages that may leave the gateway: the bridges to
+// upstream brokers. Offer is called once per PUBLISH (and Last Will) the
+// policy allowed, on the publisher's goroutine, after the publish decision;
+// never for a message that came in through PublishAs or from another
+// cluster node, so nothing loops. It must return fast, and must not
+// allocate for a topic it does not take: it runs on every publish. payload
+// may be reused after it returns.
+type Egress interface {
+	Offer(sub *policy.Subject, topic string, payload []byte, qos byte, retain bool)
+}
+
+// bridgeClientID is the inline client that publishes the bridges' inbound
+// messages.
+const bridgeClientID = "ztgate:bridge"
+
+// offer hands an allowed message of s to the egress, if any.
+func (g *Gateway) offer(s *session, topic string, payload []byte, qos byte, retain bool) {
+	if g.egress == nil {
+		return
+	}
+	g.egress.Offer(s.subject.Load(), topic, payload, qos, retain)
+}
+
+// PublishAs publishes a message into the local broker as id, the identity
+// of a bridge whose bridge_in decision allowed it. Every delivery is decided
+// by the receiver's "receive" as usual; the message is not decided again as
+// a publish, and never offered to the egress (it came from there). A topic
+// no device could publish to is refused.
+func (g *Gateway) PublishAs(id spiffeid.ID, clientID, topic string, payload []byte, qos byte, retain bool) error {
+	switch {
+	case g.ctx.Err() != nil:
+		return errors.New("gateway: publish as bridge: gateway closed")
+	case id.IsZero():
+		return errors.New("gateway: publish as bridge: no identity")
+	case !isTopicName(topic) || qos > 2:
+		return fmt.Errorf("gateway: publish as bridge: %q (QoS %d) is not a message a device could publish", topic, qos)
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
+		TopicName:   topic,
+		Payload:     payload,
+		// Where publisherID finds the publisher of a retained copy.
+		Connect:         packets.ConnectParams{ClientIdentifier: id.String()},
+		ProtocolVersion: 5,
+	}
+	if qos > 0 {
+		pk.PacketID = 1 // required by mochi's validation; an inline publish is not acknowledged
+	}
+	if err := g.server.InjectPacket(g.bridgeClient, pk); err != nil {
+		return fmt.Errorf("gateway: publish as bridge %s (client %s): %w", id, clientID, err)
+	}
+	return nil
+}
+
+// newBridgeClient is the inline client of PublishAs.
+func (g *Gateway) newBridgeClient() *mqtt.Client {
+	cl := g.server.NewClient(nil, mqtt.LocalListener, bridgeClientID, true)
+	cl.Properties.ProtocolVersion = 5
+	return cl
+}
