@@ -75,6 +75,7 @@ var routes = []route{
 	{method: http.MethodDelete, path: "/v1/policy/modules/{name}", action: actionPolicyDelete, handler: (*Server).deletePolicyModule},
 	{method: http.MethodPost, path: "/v1/policy/eval", action: "policy.eval", handler: (*Server).evalPolicy},
 	{method: http.MethodGet, path: "/v1/sessions", action: "session.list", handler: (*Server).listSessions},
+	{method: http.MethodGet, path: "/v1/bridges", action: "bridge.list", handler: (*Server).listBridges},
 	{method: http.MethodGet, path: "/v1/retained", action: "retained.list", handler: (*Server).listRetained},
 	{method: http.MethodDelete, path: "/v1/retained", action: actionRetainedDelete, handler: (*Server).deleteRetained},
 	// The web console. Minting a login needs a client certificate (the

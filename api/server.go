@@ -32,6 +32,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
 
+	"github.com/ztgate/ztgate/bridge"
 	"github.com/ztgate/ztgate/console"
 	"github.com/ztgate/ztgate/identity"
 	"github.com/ztgate/ztgate/internal/brokerview"
@@ -128,6 +129,9 @@ type Config struct {
 	// no limit.
 	RenewRate  rate.Limit
 	RenewBurst int
+	// Bridges reports the bridges to upstream brokers; nil means there are
+	// none.
+	Bridges func() []bridge.Status
 	// ListRetained lists at most limit of the gateway's retained messages
 	// whose topics match filter (a valid MQTT filter, not a shared one);
 	// nil means there are none.

@@ -57,7 +57,7 @@ bootstrap token into an SVID and "ztgate renew" keeps it fresh.`,
 	policyCmd.AddCommand(c.newPolicyRmCmd())
 	root.AddCommand(c.newDevCmd(), c.newServeCmd(), c.newDeviceCmd(), c.newBootstrapEnrollCmd(),
 		c.newAuditCmd(), policyCmd, c.newBenchCmd(), c.newRenewCmd(), c.newCACmd(),
-		c.newSessionCmd(), c.newRetainedCmd(), c.newVersionCmd(), c.newCompletionCmd(root), c.newHealthcheckCmd(), c.newDashboardCmd())
+		c.newSessionCmd(), c.newRetainedCmd(), c.newVersionCmd(), c.newCompletionCmd(root), c.newHealthcheckCmd(), c.newDashboardCmd(), c.newBridgeCmd())
 	// Last, so that it sees every command.
 	markUsageErrors(root)
 	return root

@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/api"
+	"github.com/ztgate/ztgate/bridge"
 	"github.com/ztgate/ztgate/cluster"
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/gateway"
@@ -86,6 +87,7 @@ type App struct {
 	fabric   *cluster.Fabric
 	link     gateway.ClusterLink      // nil on a single node
 	sessions gateway.SessionDirectory // nil on a single node
+	bridges  *bridge.Manager          // nil without bridges
 
 	// stop ends the background goroutines (policy watch, registry
 	// metrics); wg waits for them.
@@ -251,6 +253,9 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 			return nil, err
 		}
 	}
+	if a.bridges, err = a.openBridges(); err != nil {
+		return nil, err
+	}
 	gw, err := gateway.New(gateway.Config{
 		Addr:     cfg.MQTTAddr,
 		TLS:      identity.ServerTLSConfigFromSource(a.src, a.verifier),
@@ -268,6 +273,7 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		MaxConnectPacketSize: cfg.Limits.MaxConnectPacketSize,
 		Limits:               cfg.Limits.gatewayLimits(),
 		LimitsPolicy:         a.engine,
+		Egress:               egress(a.bridges),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -278,6 +284,12 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 	a.engine.OnActivate(func(st policy.Status) { gw.Reevaluate("policy revision " + shortRev(st.Revision)) })
 	if err := gw.Start(); err != nil {
 		return nil, listenError("MQTT", cfg.MQTTAddr, err)
+	}
+	if a.bridges != nil {
+		// After the gateway: inbound messages are published into it.
+		if err := a.bridges.Start(bg); err != nil {
+			return nil, fmt.Errorf("app: %w", err)
+		}
 	}
 	if a.fabric != nil {
 		// The other nodes' messages, until Close stops bg, before the
@@ -326,6 +338,7 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		},
 		DeleteRetained: func(topic string) (bool, error) { return gw.DeleteRetained(topic), nil },
 		KickSessions:   gw.KickSessions,
+		Bridges:        a.bridgeStatus,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -675,6 +688,13 @@ func (a *App) Close() error {
 		if a.gw != nil {
 			if err := a.gw.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("app: close gateway: %w", err))
+			}
+		}
+		// After the gateway, whose last messages (wills) they may take:
+		// what they accepted is on disk for the next start.
+		if a.bridges != nil {
+			if err := a.bridges.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("app: close bridges: %w", err))
 			}
 		}
 		// After the gateway, whose last writes (disconnects) it takes.

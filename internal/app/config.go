@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"gopkg.in/yaml.v3"
 
+	"github.com/ztgate/ztgate/bridge"
 	"github.com/ztgate/ztgate/cluster"
 	"github.com/ztgate/ztgate/decisionlog"
 	"github.com/ztgate/ztgate/gateway"
@@ -119,6 +120,10 @@ type Config struct {
 	// Cluster makes the gateway one node of a cluster (see ClusterConfig);
 	// nil: a single node.
 	Cluster *ClusterConfig `yaml:"cluster"`
+	// Bridges are the approved upstream brokers: the only addresses the
+	// gateway connects to, each message across decided by the policy
+	// (bridge_out, bridge_in). See docs/bridges.md.
+	Bridges []bridge.Config `yaml:"bridges"`
 
 	// Logger, when set, is used instead of one built from LogLevel and
 	// LogFormat. It cannot be set from a file.
@@ -629,6 +634,14 @@ func (c Config) validate() error {
 	if c.Cluster != nil && c.Limits.MaxPacketSize > maxClusterPacket {
 		// A PUBLISH crosses nodes as one NATS message with its envelope.
 		return fmt.Errorf("limits.max_packet_size %d: at most %d in cluster mode", c.Limits.MaxPacketSize, maxClusterPacket)
+	}
+	if err := bridge.ValidateAll(c.Bridges); err != nil {
+		return fmt.Errorf("bridges: %w", err)
+	}
+	if c.Cluster != nil && len(c.Bridges) > 0 {
+		// Every node would forward its own publishers' messages but each
+		// would also subscribe upstream and inject the same commands.
+		return errors.New("bridges: not available in cluster mode yet")
 	}
 	return nil
 }

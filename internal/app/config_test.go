@@ -101,6 +101,13 @@ log_format: json
 		{"negative backups", "decision_log:\n  max_backups: -1\n", "decision_log.max_backups"},
 		{"enabled not a bool", "decision_log:\n  enabled: maybe\n", "decision_log"},
 		{"policy_watch not a bool", "policy_watch: often\n", "policy_watch"},
+		{"bridge over plain mqtt", "bridges:\n  - name: cloud\n    url: mqtt://up.example:1883\n    out: [{filter: a/#}]\n", "bridges: bridge cloud: "},
+		{"bridge over websockets", "bridges:\n  - name: cloud\n    url: wss://up.example/mqtt\n    out: [{filter: a/#}]\n", "bridges: bridge cloud: "},
+		{"bridge without rules", "bridges:\n  - name: cloud\n    url: mqtts://up.example\n", "no out and no in rules"},
+		{"bridge qos 2", "bridges:\n  - name: cloud\n    url: mqtts://up.example\n    out: [{filter: a/#, qos: 2}]\n", "bridges: bridge cloud: out[0]"},
+		{"bridge unknown key", "bridges:\n  - name: cloud\n    url: mqtts://up.example\n    uot: []\n", "uot"},
+		{"two bridges one name", "bridges:\n  - {name: a, url: 'mqtts://x', out: [{filter: a}]}\n  - {name: a, url: 'mqtts://y', out: [{filter: a}]}\n", "bridges:"},
+		{"bridges in a cluster", "bridges:\n  - {name: a, url: 'mqtts://x', out: [{filter: a}]}\ncluster:\n  name: c\n  node: a\n  listen: 127.0.0.1:6222\n  peers: [127.0.0.1:6223]\n  replicas: 1\n", "not available in cluster mode"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {

@@ -106,3 +106,40 @@ func (c *Cluster) String() string {
 	}
 	return s
 }
+
+// Node is one gateway that a test can stop and start again on the same
+// data directory (its ports are new after a restart).
+type Node struct {
+	*Env
+	cfg  app.Config
+	logs *testpki.LogBuffer
+}
+
+// StartNode is Start for a gateway the test restarts.
+func StartNode(t testing.TB, opts ...Option) *Node {
+	t.Helper()
+	n := &Node{logs: &testpki.LogBuffer{}}
+	n.Env, n.cfg = start(t, n.logs, nil, opts)
+	return n
+}
+
+// Stop closes the gateway, as a clean shutdown.
+func (n *Node) Stop(t testing.TB) {
+	t.Helper()
+	if err := n.App.Close(); err != nil {
+		t.Fatalf("stop gateway: %v", err)
+	}
+}
+
+// Restart starts the gateway again on its data directory.
+func (n *Node) Restart(t testing.TB) {
+	t.Helper()
+	a, err := startApp(n.cfg)
+	if err != nil {
+		t.Fatalf("restart gateway: %v\n%s", err, n.logs.String())
+	}
+	n.Env = envOf(t, a, n.cfg, n.logs)
+}
+
+// Log is the gateway's log so far, across restarts.
+func (n *Node) Log() string { return n.logs.String() }
