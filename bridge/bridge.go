@@ -392,11 +392,13 @@ func (b *bridge) send(ctx context.Context, l *link) error {
 				if qos == 1 {
 					id = id%65535 + 1
 				}
-				if err := l.write(encodePublish(l.v, m.Topic, m.Payload, qos, m.Retain && l.retainAvail, id)); err != nil {
-					return err
-				}
+				// Before the write: the upstream's echo can arrive, on the
+				// reader's goroutine, before the write call returns.
 				if b.echo != nil {
 					b.echo.add(m.Topic, m.Payload)
+				}
+				if err := l.write(encodePublish(l.v, m.Topic, m.Payload, qos, m.Retain && l.retainAvail, id)); err != nil {
+					return err
 				}
 				if qos == 0 {
 					done = append(done, m.Seq)
