@@ -38,12 +38,8 @@ it received from upstream since the gateway started.`,
   ztgate bridge status --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			client, err := c.apiClient(cmd, f)
+			raw, err := c.callAPI(cmd, f, http.MethodGet, "/v1/bridges", nil)
 			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := client.do(cmd.Context(), http.MethodGet, "/v1/bridges", nil, &raw); err != nil {
 				return err
 			}
 			if asJSON {

@@ -189,3 +189,18 @@ func (a *apiClient) transportError(err error) error {
 	}
 	return fmt.Errorf("calling the API at %s: %w", a.base, err)
 }
+
+// callAPI sends one request to the API as the admin identity of f and
+// returns the JSON answer as it came, for --json to print and the caller
+// to decode.
+func (c *cli) callAPI(cmd *cobra.Command, f *apiFlags, method, path string, body any) (json.RawMessage, error) {
+	client, err := c.apiClient(cmd, f)
+	if err != nil {
+		return nil, err
+	}
+	var raw json.RawMessage
+	if err := client.do(cmd.Context(), method, path, body, &raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}

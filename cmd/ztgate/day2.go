@@ -37,12 +37,8 @@ digits, '.', '_', '/' and '-', at most 63 characters.`,
 			if err != nil {
 				return err
 			}
-			client, err := c.apiClient(cmd, f)
+			raw, err := c.callAPI(cmd, f, http.MethodPatch, devicePath(name)+"/labels", change)
 			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := client.do(cmd.Context(), http.MethodPatch, devicePath(name)+"/labels", change, &raw); err != nil {
 				return err
 			}
 			if asJSON {
@@ -139,12 +135,8 @@ a record and refuse the identity for good, "device revoke" is the command.`,
 			if err := registry.ValidateName(name); err != nil {
 				return err
 			}
-			client, err := c.apiClient(cmd, f)
+			raw, err := c.callAPI(cmd, f, http.MethodDelete, devicePath(name), nil)
 			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := client.do(cmd.Context(), http.MethodDelete, devicePath(name), nil, &raw); err != nil {
 				return err
 			}
 			if asJSON {

@@ -65,12 +65,8 @@ flight for it. --device keeps one device's sessions.`,
 				}
 				path += "?" + url.Values{"device": {device}}.Encode()
 			}
-			client, err := c.apiClient(cmd, f)
+			raw, err := c.callAPI(cmd, f, http.MethodGet, path, nil)
 			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := client.do(cmd.Context(), http.MethodGet, path, nil, &raw); err != nil {
 				return err
 			}
 			if asJSON {
@@ -145,12 +141,8 @@ active: it may connect again at once. To keep it out, "device suspend".`,
 			if err := registry.ValidateName(name); err != nil {
 				return err
 			}
-			client, err := c.apiClient(cmd, f)
+			raw, err := c.callAPI(cmd, f, http.MethodDelete, devicePath(name)+"/sessions", nil)
 			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := client.do(cmd.Context(), http.MethodDelete, devicePath(name)+"/sessions", nil, &raw); err != nil {
 				return err
 			}
 			if asJSON {
