@@ -100,6 +100,7 @@ type SessionDirectoryOptions struct {
 // it, since this package does not import the gateway).
 type SessionDirectory struct {
 	nc *nats.Conn
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 	// stream is the bucket's stream: Record reads through it, from its
 	// leader (see Record).
@@ -168,6 +169,7 @@ func NewSessionDirectory(ctx context.Context, js jetstream.JetStream, nc *nats.C
 	}
 	d := &SessionDirectory{
 		nc:      nc,
+		js:      js,
 		kv:      kv,
 		stream:  st,
 		node:    node,
@@ -194,22 +196,49 @@ func NewSessionDirectory(ctx context.Context, js jetstream.JetStream, nc *nats.C
 // start a second session of a client ID. Read from the stream's leader, a
 // claim without a quorum fails instead (the CONNECT is refused).
 func readsFromLeader(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	name := "KV_" + SessionsBucket
-	st, err := js.Stream(ctx, name)
+	st, err := js.Stream(ctx, "KV_"+SessionsBucket)
 	if err != nil {
 		return nil, classify("bucket "+SessionsBucket, err)
 	}
-	if cfg := st.CachedInfo().Config; cfg.AllowDirect {
-		cfg.AllowDirect = false
-		if _, err := js.UpdateStream(ctx, cfg); err != nil {
-			return nil, classify("bucket "+SessionsBucket+": leader reads", err)
-		}
+	if err := leaderReads(ctx, js, st); err != nil {
+		return nil, err
 	}
 	kv, err := js.KeyValue(ctx, SessionsBucket)
 	if err != nil {
 		return nil, classify("bucket "+SessionsBucket, err)
 	}
 	return kv, nil
+}
+
+// leaderReads makes st, a handle of the bucket's stream, read from the
+// stream's leader. A handle reads with direct gets when the stream's
+// config said so as it was bound, and every node creates the bucket with
+// them on (the KV default) before turning them off: a node that binds in
+// between, while another one starts, holds a handle that sends direct gets,
+// which no server answers once they are off (every CONNECT on that node was
+// refused, "no responders"), and which, while they are on, a replica
+// answers from its own copy. So the handle asks for the config again, and
+// direct gets still on are turned off.
+func leaderReads(ctx context.Context, js jetstream.JetStream, st jetstream.Stream) error {
+	for range casAttempts {
+		info := st.CachedInfo()
+		if info != nil && !info.Config.AllowDirect {
+			return nil
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			return classify("bucket "+SessionsBucket, err)
+		}
+		if !info.Config.AllowDirect {
+			return nil
+		}
+		cfg := info.Config
+		cfg.AllowDirect = false
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			return classify("bucket "+SessionsBucket+": leader reads", err)
+		}
+	}
+	return fmt.Errorf("cluster: bucket %s: direct gets kept being turned on", SessionsBucket)
 }
 
 // subjectToken reports whether s can be one token of a subject.
@@ -314,6 +343,9 @@ func (d *SessionDirectory) Record(ctx context.Context, clientID string) (*Sessio
 	err := ensure(ctx, func(ctx context.Context) (err error) {
 		// A read, so it may be sent again: "no responders" while the
 		// stream's leader changes is over in a moment.
+		if err := leaderReads(ctx, d.js, d.stream); err != nil {
+			return err
+		}
 		m, err = d.stream.GetLastMsgForSubject(ctx, "$KV."+SessionsBucket+"."+key)
 		return err
 	})
@@ -579,11 +611,10 @@ func (d *SessionDirectory) own(ctx context.Context, clientID, spiffeID, holder s
 		if err != nil {
 			return fmt.Errorf("cluster: claim: %w", err)
 		}
-		if rev == 0 {
-			_, err = d.kv.Create(ctx, key, raw)
-		} else {
-			_, err = d.kv.Update(ctx, key, raw, rev)
-		}
+		// Revision 0 expects no message at all under the key: a create
+		// that, unlike KeyValue.Create, does not read the key back
+		// through the bucket's handle on a conflict (see leaderReads).
+		_, err = d.kv.Update(ctx, key, raw, rev)
 		if err == nil {
 			return nil
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ztgate/ztgate/cluster"
 	"github.com/ztgate/ztgate/internal/brokerstore"
@@ -416,5 +417,93 @@ func TestSessionClaimNoQuorum(t *testing.T) {
 	_, err := a.Claim(short, sensorScope, sensorID, false)
 	if !errors.Is(err, cluster.ErrNoQuorum) {
 		t.Fatalf("Claim without a quorum: %v, want ErrNoQuorum", err)
+	}
+}
+
+// TestSessionDirectoryStreamBoundWhileDirect: every node creates the
+// sessions bucket with direct gets on (the KV default) and turns them off.
+// A node that binds the bucket's stream in between, while another node is
+// starting, holds a handle that sends direct gets: once direct gets are off,
+// each one found no responder, and every CONNECT on that node was refused
+// with 0x88 (TestCluster, three cases on node A). With direct gets still
+// on, it would read a replica's copy, maybe stale. Either way the directory
+// must read from the stream's leader.
+func TestSessionDirectoryStreamBoundWhileDirect(t *testing.T) {
+	tc := testcluster.Start(t, 3)
+	a := newDirectory(t, tc, 0, cluster.SessionDirectoryOptions{})
+	b := newDirectory(t, tc, 1, cluster.SessionDirectoryOptions{})
+	js := tc.Nodes[0].JetStream()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	allowDirect := func(on bool) {
+		t.Helper()
+		st, err := js.Stream(ctx, "KV_"+cluster.SessionsBucket)
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		cfg := st.CachedInfo().Config
+		cfg.AllowDirect = on
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatalf("allow direct %v: %v", on, err)
+		}
+	}
+	boundWhileDirect := func() jetstream.Stream {
+		t.Helper()
+		allowDirect(true)
+		st, err := js.Stream(ctx, "KV_"+cluster.SessionsBucket)
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		if !st.CachedInfo().Config.AllowDirect {
+			t.Fatal("the handle bound while direct gets were on does not say so")
+		}
+		return st
+	}
+
+	for _, tt := range []struct {
+		name        string
+		directAfter bool // direct gets still on at the server when a reads
+	}{
+		{"DirectTurnedOffSince", false},
+		{"DirectStillOn", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			id := sensorScope + "-" + tt.name
+			// Positive control: b, bound the usual way, writes the record.
+			putAt(t, b, sensorID, &brokerstore.Session{ClientID: id, ProtocolVersion: 5})
+			st := boundWhileDirect()
+			cluster.UseSessionStream(a, st)
+			if !tt.directAfter {
+				allowDirect(false)
+				// The server drops its direct-get responders a moment
+				// later: wait until the stale handle meets none.
+				for i := 0; ; i++ {
+					_, err := st.GetLastMsgForSubject(ctx, "$KV."+cluster.SessionsBucket+"."+cluster.SessionKey(id))
+					if errors.Is(err, nats.ErrNoResponders) {
+						break
+					}
+					if i == 50 {
+						t.Fatalf("a direct get still answered after direct gets were turned off: %v", err)
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+			rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer rcancel()
+			r, _, err := a.Record(rctx, id)
+			if err != nil {
+				t.Fatalf("Record on the node whose handle was bound while direct gets were on: %v", err)
+			}
+			if r == nil || r.Node != tc.Cfgs[1].Node {
+				t.Fatalf("Record = %+v, want the record node %s wrote", r, tc.Cfgs[1].Node)
+			}
+			st, err = js.Stream(ctx, "KV_"+cluster.SessionsBucket)
+			if err != nil {
+				t.Fatalf("stream: %v", err)
+			}
+			if st.CachedInfo().Config.AllowDirect {
+				t.Fatal("direct gets are still on after the directory read: replicas answer reads")
+			}
+		})
 	}
 }
