@@ -195,6 +195,11 @@ func TestRenewAtHalfLife(t *testing.T) {
 
 	r := startRenew(t, "--dir", dir, "--api", a.APIURL(), "--exec", "echo renewed >> "+marker)
 	r.waitForLog(t, "renewed svid, expires ", 2)
+	// --exec runs after the renewal's log line: an interrupt sent at once
+	// kills the second one in flight (seen under load).
+	for deadline := time.Now().Add(10 * time.Second); markerLines(t, marker) < 2 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if code := r.interrupt(t); code != 0 {
 		t.Fatalf("renew stopped with exit %d, want 0", code)
 	}
