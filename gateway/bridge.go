@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -26,6 +27,10 @@ type Egress interface {
 // messages.
 const bridgeClientID = "ztgate:bridge"
 
+// maxTopicLen is the longest topic an MQTT packet can carry (a two-byte
+// length).
+const maxTopicLen = 65535
+
 // offer hands an allowed message of s to the egress, if any.
 func (g *Gateway) offer(s *session, topic string, payload []byte, qos byte, retain bool) {
 	if g.egress == nil {
@@ -45,8 +50,10 @@ func (g *Gateway) PublishAs(id spiffeid.ID, clientID, topic string, payload []by
 		return errors.New("gateway: publish as bridge: gateway closed")
 	case id.IsZero():
 		return errors.New("gateway: publish as bridge: no identity")
-	case !isTopicName(topic) || qos > 2:
-		return fmt.Errorf("gateway: publish as bridge: %q (QoS %d) is not a message a device could publish", topic, qos)
+	case !isTopicName(topic) || !utf8.ValidString(topic) || len(topic) > maxTopicLen || qos > 2:
+		// mochi checks nothing for an inline client; a topic a device's
+		// client cannot decode would cost it its connection.
+		return fmt.Errorf("gateway: publish as bridge: %.200q (QoS %d) is not a message a device could publish", topic, qos)
 	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"runtime"
 	"strings"
@@ -237,6 +238,8 @@ type cachePlan struct {
 	cacheable bool
 	// The per-decision fields the revision reads.
 	topic, filter, qos, retain, will, size bool
+	// Of input.bridge: whether it is there, and which of its fields.
+	bridge, bridgeName, bridgeURL, remoteTopic bool
 }
 
 func newCachePlan(id string, refs InputRefs) *cachePlan {
@@ -256,14 +259,37 @@ func newCachePlan(id string, refs InputRefs) *cachePlan {
 			p.will = true
 		case "payload_size":
 			p.size = true
+		case "bridge":
+			p.planBridge(path)
 		}
 	}
 	return p
 }
 
+// planBridge notes what a path under input.bridge reads. Any path there
+// tells whether the bridge is present; input.bridge as a whole, or a field
+// the document does not have, keys on all of it.
+func (p *cachePlan) planBridge(path string) {
+	p.bridge = true
+	switch strings.TrimPrefix(path, "input.bridge") {
+	case ".name":
+		p.bridgeName = true
+	case ".url":
+		p.bridgeURL = true
+	case ".remote_topic":
+		p.remoteTopic = true
+	default:
+		p.bridgeName, p.bridgeURL, p.remoteTopic = true, true, true
+	}
+}
+
 // memoKey identifies a decision within one Subject and one revision. A
 // field the revision does not read, or the action does not carry, is left
 // zero.
+//
+// filter holds, for the bridge actions (which carry no filter), the bridge
+// fields the revision reads (bridgeKey): every publish decision hashes the
+// key, so it grows by nothing for them.
 type memoKey struct {
 	topic, filter string
 	size          int
@@ -273,11 +299,14 @@ type memoKey struct {
 }
 
 // Cached actions. Connect and admin decisions come with a new Subject
-// each time: there is nothing to reuse.
+// each time: there is nothing to reuse. A bridge_out decision comes with
+// the publisher's Subject, a bridge_in with the bridge's, both long-lived.
 const (
 	keyPublish uint8 = iota + 1
 	keyReceive
 	keySubscribe
+	keyBridgeOut
+	keyBridgeIn
 )
 
 // key builds the key of in; ok is false for an action that is not cached.
@@ -289,6 +318,10 @@ func (p *cachePlan) key(in *Input) (k memoKey, ok bool) {
 		k.action = keyReceive
 	case ActionSubscribe:
 		k.action = keySubscribe
+	case ActionBridgeOut:
+		k.action = keyBridgeOut
+	case ActionBridgeIn:
+		k.action = keyBridgeIn
 	default:
 		return k, false
 	}
@@ -309,7 +342,37 @@ func (p *cachePlan) key(in *Input) (k memoKey, ok bool) {
 			k.size = in.PayloadSize
 		}
 	}
+	if fs.bridge && p.bridge {
+		k.filter = p.bridgeKey(in.Bridge)
+	}
 	return k, true
+}
+
+// bridgeKey encodes the fields of b the plan reads, each with its length so
+// that no two bridges share a key: "" without a bridge, "b" and the fields
+// with one. A policy that reads no field but the bridge's presence costs no
+// allocation.
+func (p *cachePlan) bridgeKey(b *Bridge) string {
+	if b == nil {
+		return ""
+	}
+	if !p.bridgeName && !p.bridgeURL && !p.remoteTopic {
+		return "b"
+	}
+	buf := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(b.Name)+len(b.URL)+len(b.RemoteTopic))
+	buf = append(buf, 'b')
+	for _, f := range [...]struct {
+		read bool
+		v    string
+	}{{p.bridgeName, b.Name}, {p.bridgeURL, b.URL}, {p.remoteTopic, b.RemoteTopic}} {
+		if !f.read {
+			buf = append(buf, 0)
+			continue
+		}
+		buf = binary.AppendUvarint(buf, uint64(len(f.v))+1)
+		buf = append(buf, f.v...)
+	}
+	return string(buf)
 }
 
 type memoValue struct {

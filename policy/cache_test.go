@@ -64,10 +64,11 @@ func TestCacheMatchesEngine(t *testing.T) {
 	unenrolled.Device = nil
 	foreign := roleSubject("s4", "sensor", "active")
 	foreign.Identity.TrustDomain = "other.org"
+	brg := bridgeSubject("cloud")
 
 	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	var inputs []*policy.Input
-	for _, s := range []*policy.Subject{sensor, ctl, admin, suspended, unenrolled, foreign} {
+	for _, s := range []*policy.Subject{sensor, ctl, admin, suspended, unenrolled, foreign, brg} {
 		inputs = append(inputs,
 			&policy.Input{Action: policy.ActionConnect, Subject: s},
 			&policy.Input{Action: policy.ActionPublish, Subject: s, Topic: "devices/s1/telemetry/temp", QoS: 1, PayloadSize: 4},
@@ -83,6 +84,11 @@ func TestCacheMatchesEngine(t *testing.T) {
 			&policy.Input{Action: policy.ActionSubscribe, Subject: s, Filter: "#"},
 			&policy.Input{Action: policy.ActionAdmin, Subject: s, Request: &policy.Request{Method: "GET", Path: "/v1/devices"}},
 			&policy.Input{Action: "bogus", Subject: s},
+			&policy.Input{Action: policy.ActionBridgeOut, Subject: s, Topic: "devices/s1/telemetry/temp", QoS: 1, PayloadSize: 4, Bridge: cloudBridge("devices/s1/telemetry/temp")},
+			&policy.Input{Action: policy.ActionBridgeOut, Subject: s, Topic: "devices/s1/commands/reboot", Bridge: cloudBridge("devices/s1/commands/reboot")},
+			&policy.Input{Action: policy.ActionBridgeIn, Subject: s, Topic: "devices/s1/commands/reboot", QoS: 1, Bridge: cloudBridge("devices/s1/commands/reboot")},
+			&policy.Input{Action: policy.ActionBridgeIn, Subject: s, Topic: "devices/s1/commands/reboot", Retain: true, Bridge: cloudBridge("devices/s1/commands/reboot")},
+			&policy.Input{Action: policy.ActionBridgeIn, Subject: s, Topic: "devices/s1/state", Bridge: cloudBridge("devices/s1/state")},
 		)
 	}
 	c := policy.NewCache(e, nil, policy.CacheOptions{})
@@ -106,7 +112,7 @@ func TestCacheMatchesEngine(t *testing.T) {
 		}
 		after := c.Stats()
 		switch in.Action {
-		case policy.ActionPublish, policy.ActionReceive, policy.ActionSubscribe:
+		case policy.ActionPublish, policy.ActionReceive, policy.ActionSubscribe, policy.ActionBridgeOut, policy.ActionBridgeIn:
 			// The first identical input may already be cached.
 			if after.Hits-before.Hits < 2 || after.Bypassed != before.Bypassed {
 				t.Errorf("%s %q: %+v -> %+v, want hits", in.Action, in.Topic+in.Filter, before, after)
@@ -117,8 +123,107 @@ func TestCacheMatchesEngine(t *testing.T) {
 			}
 		}
 	}
-	if allowed < 8 || denied < 20 {
+	if allowed < 10 || denied < 20 {
 		t.Errorf("table too one-sided: %d allowed, %d denied", allowed, denied)
+	}
+}
+
+// bridgeSubject is a bridge's own identity, as it asks bridge_in.
+func bridgeSubject(name string) *policy.Subject {
+	return &policy.Subject{
+		Identity: policy.Identity{
+			SPIFFEID:    "spiffe://example.org/bridge/" + name,
+			TrustDomain: "example.org",
+			Path:        "/bridge/" + name,
+			Segments:    []string{"bridge", name},
+		},
+		Client: policy.Client{ID: "ztgate-" + name, RemoteAddr: "127.0.0.1:8883", ProtocolVersion: 5},
+	}
+}
+
+func cloudBridge(topic string) *policy.Bridge {
+	return &policy.Bridge{Name: "cloud", URL: "mqtts://up.example:8883", RemoteTopic: "plant-a/" + topic}
+}
+
+// bridgeStep is one decision of TestCacheKeyBridgeFields and whether the
+// engine had to make it.
+type bridgeStep struct {
+	in           policy.Input
+	allow, asked bool
+}
+
+// Bridge decisions are cached, keyed on the bridge fields the revision
+// reads: a policy reading none of them answers for another bridge from the
+// cache, one reading bridge.name, bridge.url or bridge.remote_topic asks
+// the engine again when that field differs, and a document without a
+// bridge is never taken for one whose bridge has empty fields.
+func TestCacheKeyBridgeFields(t *testing.T) {
+	ctx := context.Background()
+	const topic = "devices/s1/telemetry/temp"
+	out := func(name, url, remote string) policy.Input {
+		return policy.Input{Action: policy.ActionBridgeOut, Topic: topic, Bridge: &policy.Bridge{Name: name, URL: url, RemoteTopic: remote}}
+	}
+	in := func(name, remote string) policy.Input {
+		return policy.Input{Action: policy.ActionBridgeIn, Topic: topic, Bridge: &policy.Bridge{Name: name, RemoteTopic: remote}}
+	}
+	base := out("cloud", "mqtts://up.example:8883", "plant-a/"+topic)
+	for _, tt := range []struct {
+		name, module string
+		steps        []bridgeStep
+	}{
+		{"reads no bridge field", `allow if { input.action == "bridge_out"; startswith(input.topic, "devices/") }`, []bridgeStep{
+			{base, true, true},
+			{base, true, false},
+			{out("other", "mqtts://else:1", "x/y"), true, false},
+			{in("cloud", "plant-a/"+topic), false, true},
+			{policy.Input{Action: policy.ActionPublish, Topic: topic}, false, true},
+		}},
+		{"reads bridge.name", `allow if { input.action == "bridge_out"; input.bridge.name == "cloud" }`, []bridgeStep{
+			{base, true, true},
+			{out("cloud", "mqtts://else:1", "x/y"), true, false},
+			{out("other", "mqtts://up.example:8883", "plant-a/"+topic), false, true},
+			{out("other", "mqtts://up.example:8883", "plant-a/"+topic), false, false},
+			{base, true, false},
+		}},
+		{"reads bridge.url", `allow if { input.action == "bridge_out"; input.bridge.url == "mqtts://up.example:8883" }`, []bridgeStep{
+			{base, true, true},
+			{out("other", "mqtts://up.example:8883", "x/y"), true, false},
+			{out("cloud", "mqtts://else:1", "plant-a/"+topic), false, true},
+		}},
+		{"reads bridge.remote_topic", `allow if { input.action == "bridge_in"; startswith(input.bridge.remote_topic, "plant-a/") }`, []bridgeStep{
+			{in("cloud", "plant-a/"+topic), true, true},
+			{in("x", "plant-a/"+topic), true, false},
+			{in("cloud", "plant-a/z"), true, true},
+			{in("cloud", "plant-b/"+topic), false, true},
+		}},
+		{"reads the bridge object", `allow if { input.action == "bridge_out"; not input.bridge }`, []bridgeStep{
+			{policy.Input{Action: policy.ActionBridgeOut, Topic: topic}, true, true},
+			{policy.Input{Action: policy.ActionBridgeOut, Topic: topic, Bridge: &policy.Bridge{}}, false, true},
+			{policy.Input{Action: policy.ActionBridgeOut, Topic: topic}, true, false},
+			{policy.Input{Action: policy.ActionBridgeOut, Topic: topic, Bridge: &policy.Bridge{}}, false, false},
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEngine(t, map[string]string{"p.rego": "package ztgate.authz\n\n" + tt.module + "\n"}, policy.Options{})
+			if !e.InputRefs().Cacheable() {
+				t.Fatalf("not cacheable: %+v", e.InputRefs())
+			}
+			next := &counting{next: e}
+			c := policy.NewCache(e, next, policy.CacheOptions{})
+			s := subject("s1")
+			for i, step := range tt.steps {
+				in := step.in
+				in.Subject = s
+				n := next.calls.Load()
+				d := c.Decide(ctx, &in)
+				if d.Allow != step.allow || d.Err != nil {
+					t.Errorf("step %d: %+v, want allow %v", i, d, step.allow)
+				}
+				if asked := next.calls.Load() > n; asked != step.asked {
+					t.Errorf("step %d: engine asked %v, want %v", i, asked, step.asked)
+				}
+			}
+		})
 	}
 }
 

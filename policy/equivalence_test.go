@@ -126,6 +126,9 @@ func decisionGrid() []*Input {
 		subj([]string{"workload", "ctl"}, "ctl", "controller", "active"),
 		subj([]string{"workload", "ctl"}, "ctl", "controller", "suspended"),
 		subj([]string{"admin", "dev"}, "admin-dev", "admin", "active"),
+		subj([]string{"bridge", "cloud"}, "ztgate-cloud", "", ""), // a bridge, never enrolled
+		subj([]string{"bridge", "+"}, "ztgate-x", "", ""),
+		subj([]string{"bridge", "cloud", "x"}, "ztgate-x", "", ""),
 	}
 	topics := []string{
 		"devices/s1/telemetry/temp", "devices/s1/telemetry", "devices/s1/state", "devices/s1/commands/reboot",
@@ -149,6 +152,12 @@ func decisionGrid() []*Input {
 				out = append(out, &Input{Action: ActionPublish, Subject: s, Topic: topic, QoS: 1, Retain: flags[0], Will: flags[1], Time: now})
 			}
 			out = append(out, &Input{Action: ActionReceive, Subject: s, Topic: topic, QoS: 1, Time: now})
+			br := &Bridge{Name: "cloud", URL: "mqtts://up.example:8883", RemoteTopic: "plant-a/" + topic}
+			for _, retain := range []bool{false, true} {
+				out = append(out,
+					&Input{Action: ActionBridgeOut, Subject: s, Topic: topic, QoS: 1, Retain: retain, Bridge: br, Time: now},
+					&Input{Action: ActionBridgeIn, Subject: s, Topic: topic, QoS: 1, Retain: retain, Bridge: br, Time: now})
+			}
 		}
 		for _, f := range filters {
 			out = append(out, &Input{Action: ActionSubscribe, Subject: s, Filter: f, QoS: 1, Time: now})

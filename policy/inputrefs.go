@@ -38,8 +38,7 @@ const (
 	fieldSubject = iota + 1
 	// fieldKey: a per-decision field the cache key can carry.
 	fieldKey
-	// fieldAdmin: only admin and bridge decisions carry it; they are never
-	// cached.
+	// fieldAdmin: only admin decisions carry it; they are never cached.
 	fieldAdmin
 	// fieldTime: different for nearly every decision.
 	fieldTime
@@ -61,7 +60,7 @@ var inputFields = map[string]int{
 	"will":         fieldKey,
 	"payload_size": fieldKey,
 	"request":      fieldAdmin,
-	"bridge":       fieldAdmin,
+	"bridge":       fieldKey,
 	"time":         fieldTime,
 }
 

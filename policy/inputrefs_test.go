@@ -214,7 +214,7 @@ func TestInputFieldsMatchDocument(t *testing.T) {
 		if !seen[key] {
 			t.Errorf("inputFields has input.%s, which no document carries", key)
 		}
-		if class == fieldKey && !slices.Contains([]string{"action", "topic", "filter", "qos", "retain", "will", "payload_size"}, key) {
+		if class == fieldKey && !slices.Contains([]string{"action", "topic", "filter", "qos", "retain", "will", "payload_size", "bridge"}, key) {
 			t.Errorf("input.%s is a key field the cache key does not carry", key)
 		}
 	}
