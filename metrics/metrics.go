@@ -40,7 +40,8 @@ var DurationBuckets = []float64{
 // counted as "other" so a bad caller cannot grow the label set.
 var actions = [...]policy.Action{
 	policy.ActionConnect, policy.ActionSubscribe, policy.ActionPublish,
-	policy.ActionReceive, policy.ActionAdmin, "other",
+	policy.ActionReceive, policy.ActionAdmin, policy.ActionBridgeOut,
+	policy.ActionBridgeIn, "other",
 }
 
 const actionOther = len(actions) - 1
@@ -57,6 +58,10 @@ func actionIndex(a policy.Action) int {
 		return 3
 	case policy.ActionAdmin:
 		return 4
+	case policy.ActionBridgeOut:
+		return 5
+	case policy.ActionBridgeIn:
+		return 6
 	}
 	return actionOther
 }

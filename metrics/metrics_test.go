@@ -125,6 +125,8 @@ func TestObserveDecision(t *testing.T) {
 		// An error wins over an allow: it was not a valid decision.
 		{policy.ActionReceive, true, evalErr, "receive", "error", 0},
 		{policy.ActionAdmin, false, nil, "admin", "deny", 0},
+		{policy.ActionBridgeOut, false, nil, "bridge_out", "deny", 0},
+		{policy.ActionBridgeIn, true, nil, "bridge_in", "allow", 0},
 		{"bogus", true, nil, "other", "allow", 0},
 		{"", false, nil, "other", "deny", 0},
 	}
