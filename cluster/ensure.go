@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -32,9 +33,20 @@ func noPeersYet(err error) bool {
 // just elected may drop a request. Sent again, the call finds the stream
 // there and answers at once.
 func ensure(ctx context.Context, fn func(ctx context.Context) error) error {
+	return ensureEach(ctx, ensureAttempt, fn)
+}
+
+// opAttempt bounds one attempt of a session directory read, well within a
+// CONNECT's claim: a request sent while the stream's leader changes is
+// dropped, not answered, and only a second one, to the new leader, is
+// (TestSessionClaimAcrossLeaderChange).
+const opAttempt = time.Second
+
+// ensureEach is ensure with attempts of at most attempt each.
+func ensureEach(ctx context.Context, attempt time.Duration, fn func(ctx context.Context) error) error {
 	backoff := 100 * time.Millisecond
 	for {
-		actx, cancel := context.WithTimeout(ctx, ensureAttempt)
+		actx, cancel := context.WithTimeout(ctx, attempt)
 		err := fn(actx)
 		cancel()
 		if err == nil || ctx.Err() != nil || !(isNoQuorum(err) || noPeersYet(err)) {
@@ -48,5 +60,33 @@ func ensure(ctx context.Context, fn func(ctx context.Context) error) error {
 		case <-t.C:
 		}
 		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// notTaken reports whether err says a request reached no one who would
+// act on it: no responders, as while a stream's leader changes. Unlike a
+// timeout, such a write was not made, so sending it again cannot make it
+// twice or meet its own first try.
+func notTaken(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// ensureSent runs fn, a write, until it succeeds, fails for a reason other
+// than notTaken, or ctx ends.
+func ensureSent(ctx context.Context, fn func(ctx context.Context) error) error {
+	backoff := 50 * time.Millisecond
+	for {
+		err := fn(ctx)
+		if err == nil || ctx.Err() != nil || !notTaken(err) {
+			return err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		backoff = min(2*backoff, time.Second)
 	}
 }

@@ -340,7 +340,7 @@ func (d *SessionDirectory) Record(ctx context.Context, clientID string) (*Sessio
 	// next write must name it.
 	key := SessionKey(clientID)
 	var m *jetstream.RawStreamMsg
-	err := ensure(ctx, func(ctx context.Context) (err error) {
+	err := ensureEach(ctx, opAttempt, func(ctx context.Context) (err error) {
 		// A read, so it may be sent again: "no responders" while the
 		// stream's leader changes is over in a moment.
 		if err := leaderReads(ctx, d.js, d.stream); err != nil {
@@ -398,7 +398,7 @@ func (d *SessionDirectory) Put(ctx context.Context, spiffeID string, s *brokerst
 		}
 		return nil
 	}
-	return d.casOwned(ctx, s.ClientID, func(rev uint64) error {
+	return d.casOwned(ctx, s.ClientID, func(ctx context.Context, rev uint64) error {
 		_, err := d.kv.Update(ctx, key, raw, rev)
 		return err
 	})
@@ -409,14 +409,15 @@ func (d *SessionDirectory) Delete(ctx context.Context, clientID string) error {
 	ctx, cancel := opContext(ctx)
 	defer cancel()
 	key := SessionKey(clientID)
-	return d.casOwned(ctx, clientID, func(rev uint64) error {
+	return d.casOwned(ctx, clientID, func(ctx context.Context, rev uint64) error {
 		return d.kv.Delete(ctx, key, jetstream.LastRevision(rev))
 	})
 }
 
 // casOwned runs write on the revision of clientID's record while the
-// record names this node, again when another write came in between.
-func (d *SessionDirectory) casOwned(ctx context.Context, clientID string, write func(rev uint64) error) error {
+// record names this node, again when another write came in between, or
+// when no leader took it (see own).
+func (d *SessionDirectory) casOwned(ctx context.Context, clientID string, write func(ctx context.Context, rev uint64) error) error {
 	for range casAttempts {
 		r, rev, err := d.Record(ctx, clientID)
 		if err != nil {
@@ -425,7 +426,7 @@ func (d *SessionDirectory) casOwned(ctx context.Context, clientID string, write 
 		if r == nil || r.Node != d.node {
 			return nil // another node's now, or gone
 		}
-		err = write(rev)
+		err = ensureSent(ctx, func(ctx context.Context) error { return write(ctx, rev) })
 		if err == nil {
 			return nil
 		}
@@ -614,7 +615,13 @@ func (d *SessionDirectory) own(ctx context.Context, clientID, spiffeID, holder s
 		// Revision 0 expects no message at all under the key: a create
 		// that, unlike KeyValue.Create, does not read the key back
 		// through the bucket's handle on a conflict (see leaderReads).
-		_, err = d.kv.Update(ctx, key, raw, rev)
+		// Sent again while the stream's leader changes ("no responders"):
+		// not sent again after a timeout, which a minority's leader also
+		// gives, and whose write may be pending there.
+		err = ensureSent(ctx, func(ctx context.Context) error {
+			_, err := d.kv.Update(ctx, key, raw, rev)
+			return err
+		})
 		if err == nil {
 			return nil
 		}

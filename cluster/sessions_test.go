@@ -507,3 +507,26 @@ func TestSessionDirectoryStreamBoundWhileDirect(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionClaimAcrossLeaderChange: a CONNECT's claim made while the
+// bucket's stream changes leader waits for the new one instead of refusing
+// the CONNECT (0x88, seen in TestCluster under load): its reads and its
+// compare-and-set write are sent again within the claim's time.
+func TestSessionClaimAcrossLeaderChange(t *testing.T) {
+	tc := testcluster.Start(t, 3)
+	a := newDirectory(t, tc, 0, cluster.SessionDirectoryOptions{})
+	nc := tc.Nodes[1].Conn()
+	for i := range 8 {
+		// The step-down is answered once the leader gave up; the claim
+		// races the election that follows.
+		if _, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN.KV_"+cluster.SessionsBucket, nil, opTimeout); err != nil {
+			t.Fatalf("step-down %d: %v", i, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := a.Claim(ctx, fmt.Sprintf("%s-%d", sensorScope, i), sensorID, false)
+		cancel()
+		if err != nil {
+			t.Fatalf("claim %d right after a leader step-down: %v", i, err)
+		}
+	}
+}
