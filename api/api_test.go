@@ -742,7 +742,9 @@ func TestSessions(t *testing.T) {
 		at := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 		sessions := []brokerview.Session{{ClientID: "c1", SPIFFEID: "spiffe://example.org/device/sensor-0",
 			Device: "sensor-0", RemoteAddr: "127.0.0.1:5000", ProtocolVersion: 5, ConnectedAt: at}}
-		e := newEnv(t, func(c *Config) { c.Sessions = func() []brokerview.Session { return sessions } })
+		e := newEnv(t, func(c *Config) {
+			c.Sessions = func(context.Context, string) ([]brokerview.Session, error) { return sessions, nil }
+		})
 		r := e.do(e.admin, http.MethodGet, "/v1/sessions", "", nil)
 		var raw []map[string]any
 		r.DecodeJSON(t, &raw)

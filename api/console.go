@@ -281,7 +281,13 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 	}
 	out := Overview{Devices: counts, Decisions: s.cfg.Sampler.Points()}
 	if s.cfg.Sessions != nil {
-		out.Sessions = len(s.cfg.Sessions())
+		// In a cluster, a node that does not answer leaves its sessions
+		// out of the count: the overview shows what is known.
+		all, err := s.cfg.Sessions(r.Context(), "")
+		if err != nil {
+			s.log.Warn("api: overview: sessions", "err", err)
+		}
+		out.Sessions = len(all)
 	}
 	if s.cfg.Policy != nil {
 		st := statusOf(s.cfg.Policy.Status())

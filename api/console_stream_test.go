@@ -236,6 +236,6 @@ func TestDenialStreamAccess(t *testing.T) {
 }
 
 // fakeSessions lists n sessions.
-func fakeSessions(n int) func() []brokerview.Session {
-	return func() []brokerview.Session { return make([]brokerview.Session, n) }
+func fakeSessions(n int) func(context.Context, string) ([]brokerview.Session, error) {
+	return func(context.Context, string) ([]brokerview.Session, error) { return make([]brokerview.Session, n), nil }
 }

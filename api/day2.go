@@ -10,6 +10,11 @@ import (
 	"github.com/ztgate/ztgate/registry"
 )
 
+// ErrUnavailable is matched by a Sessions or KickSessions error that left
+// part of the work undone for now, such as a cluster node that did not
+// answer: the answer is 503, with a Retry-After.
+var ErrUnavailable = errors.New("api: unavailable")
+
 // The day-2 routes: change a device's labels, delete a device, list and
 // end its sessions, remove a policy module.
 
@@ -97,7 +102,10 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 	}
 	var all []brokerview.Session
 	if s.cfg.Sessions != nil {
-		all = s.cfg.Sessions()
+		if all, err = s.cfg.Sessions(r.Context(), spiffeID); err != nil {
+			s.fail(w, "list sessions", err)
+			return
+		}
 	}
 	out := make([]brokerview.Session, 0, len(all))
 	for _, ses := range all {
@@ -130,8 +138,14 @@ func (s *Server) kickSessions(w http.ResponseWriter, r *http.Request) {
 	}
 	n := 0
 	if s.cfg.KickSessions != nil {
-		if n, err = s.cfg.KickSessions(d.SPIFFEID); err != nil {
-			s.internalError(w, "kick sessions", err)
+		if n, err = s.cfg.KickSessions(r.Context(), d.SPIFFEID); err != nil {
+			if !errors.Is(err, ErrUnavailable) {
+				s.internalError(w, "kick sessions", err)
+				return
+			}
+			// Ended where the nodes answered: the answer (and the audit
+			// entry made of it) says how many, and what is missing.
+			s.fail(w, "kick sessions", fmt.Errorf("%d sessions ended; %w", n, err))
 			return
 		}
 	}

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -170,7 +173,9 @@ func TestSessionsDeviceFilter(t *testing.T) {
 		{ClientID: "c2", SPIFFEID: "spiffe://example.org/admin/dev", Device: "admin-dev", RemoteAddr: "127.0.0.1:5001",
 			ProtocolVersion: 4, ConnectedAt: at},
 	}
-	e := newEnv(t, func(c *Config) { c.Sessions = func() []brokerview.Session { return sessions } })
+	e := newEnv(t, func(c *Config) {
+		c.Sessions = func(context.Context, string) ([]brokerview.Session, error) { return sessions, nil }
+	})
 	r := e.do(e.admin, http.MethodGet, "/v1/sessions?device=sensor-0", "", nil)
 	var raw []map[string]any
 	r.DecodeJSON(t, &raw)
@@ -215,13 +220,14 @@ type fakeKicker struct {
 	mu    sync.Mutex
 	calls []string
 	n     int
+	err   error
 }
 
-func (f *fakeKicker) kick(spiffeID string) (int, error) {
+func (f *fakeKicker) kick(_ context.Context, spiffeID string) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, spiffeID)
-	return f.n, nil
+	return f.n, f.err
 }
 
 func TestKickSessions(t *testing.T) {
@@ -363,5 +369,42 @@ func TestPatchLabelsFieldNamesAreCaseSensitive(t *testing.T) {
 	}
 	if r := e.do(e.admin, http.MethodPatch, "/v1/devices/target/labels", "application/json", []byte(`{"set":{"Key":"v"}}`)); r.Status != http.StatusOK {
 		t.Errorf("control: %d %s", r.Status, r.Body)
+	}
+}
+
+// A cluster node that does not answer: the kick is done where the others
+// answered, and the answer is 503 saying how many ended and what is
+// missing, audited as an error; the list is 503 too. Any other error stays
+// a 500 that does not leak it.
+func TestSessionsPartlyUnavailable(t *testing.T) {
+	missing := fmt.Errorf("%w: 2 of 3 nodes answered within 3s (n0, n1)", ErrUnavailable)
+	k := &fakeKicker{n: 1, err: missing}
+	e := newEnv(t, func(c *Config) {
+		c.KickSessions = k.kick
+		c.Sessions = func(context.Context, string) ([]brokerview.Session, error) {
+			return []brokerview.Session{{ClientID: "c1"}}, missing
+		}
+	})
+	r := e.do(e.admin, http.MethodDelete, "/v1/devices/sensor-0/sessions", "", nil)
+	if r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "1 sessions ended; ") ||
+		!strings.Contains(string(r.Body), "2 of 3 nodes answered") {
+		t.Fatalf("partial kick: %d %s, want 503 saying 1 ended and which nodes answered", r.Status, r.Body)
+	}
+	if r.Header.Get("Retry-After") == "" {
+		t.Error("partial kick: no Retry-After")
+	}
+	if !e.auditHas("session.kick", "sensor-0", registry.ResultError) {
+		t.Error("no error audit entry for the partial kick")
+	}
+	if r := e.do(e.admin, http.MethodGet, "/v1/sessions", "", nil); r.Status != http.StatusServiceUnavailable ||
+		!strings.Contains(string(r.Body), "2 of 3 nodes answered") {
+		t.Fatalf("partial list: %d %s, want 503", r.Status, r.Body)
+	}
+	// Positive control: the same error without ErrUnavailable is a 500
+	// that does not pass the error on.
+	k.err = errors.New("secret detail")
+	r = e.do(e.admin, http.MethodDelete, "/v1/devices/sensor-0/sessions", "", nil)
+	if r.Status != http.StatusInternalServerError || strings.Contains(string(r.Body), "secret") {
+		t.Fatalf("failed kick: %d %s, want 500 without the detail", r.Status, r.Body)
 	}
 }

@@ -550,7 +550,7 @@ func (s *Server) fail(w http.ResponseWriter, op string, err error) {
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, registry.ErrInvalidName), errors.Is(err, registry.ErrInvalid):
 		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, registry.ErrNoQuorum):
+	case errors.Is(err, registry.ErrNoQuorum), errors.Is(err, ErrUnavailable):
 		// A cluster node cut off from the majority: the write was not
 		// made anywhere; another node, or this one later, can make it.
 		w.Header().Set("Retry-After", "5")

@@ -92,8 +92,11 @@ type Config struct {
 	BundleEndpoint http.Handler
 	Verifier       *identity.Verifier
 	Decider        policy.Decider
-	// Sessions lists the gateway's live MQTT sessions; nil means none.
-	Sessions func() []brokerview.Session
+	// Sessions lists the live MQTT sessions, of spiffeID only when it is
+	// not empty (a hint: the API filters again); in a cluster, every
+	// node's. An error matching ErrUnavailable answers 503 (a node did not
+	// answer); nil means none.
+	Sessions func(ctx context.Context, spiffeID string) ([]brokerview.Session, error)
 	// SVIDTTL is the lifetime of signed SVIDs; zero means DefaultSVIDTTL.
 	SVIDTTL time.Duration
 	// Logger receives one line per request; nil means slog.Default().
@@ -145,9 +148,10 @@ type Config struct {
 	ioTimeout time.Duration
 	// KickSessions ends the live MQTT connections of the identity
 	// spiffeID (MQTT 5 clients get DISCONNECT 0x98) without changing its
-	// registry entry, and reports how many it ended; nil means there are
-	// none to end.
-	KickSessions func(spiffeID string) (int, error)
+	// registry entry, and reports how many it ended; in a cluster, on
+	// every node. An error matching ErrUnavailable comes with the count
+	// of the part done and answers 503. nil means there are none to end.
+	KickSessions func(ctx context.Context, spiffeID string) (int, error)
 }
 
 // Server is the admin API server.

@@ -139,6 +139,43 @@ func TestCluster(t *testing.T) {
 		ok.Close()
 	})
 
+	// The session list and the kick asked on A cover every node: the
+	// device's connections on B and C are listed with their nodes, and
+	// end with 0x98; the device stays active (it reconnects).
+	t.Run("SessionListAndKickViaAReachBAndC", func(t *testing.T) {
+		dev := a.Enroll(t, "kickme", map[string]string{"role": "sensor"})
+		waitDevice(t, cn, "kickme")
+		onB := b.MustConnect(t, dev, "kickme-b", nil)
+		onC := cn.MustConnect(t, dev, "kickme-c", nil)
+		res := a.API(t, a.Admin, "GET", "/v1/sessions?device=kickme", nil)
+		var listed []struct {
+			ClientID string `json:"client_id"`
+			Node     string `json:"node"`
+		}
+		res.DecodeJSON(t, &listed)
+		got := map[string]string{}
+		for _, l := range listed {
+			got[l.ClientID] = l.Node
+		}
+		if res.Status != 200 || len(got) != 2 || got["kickme-b"] != "n1" || got["kickme-c"] != "n2" {
+			t.Fatalf("sessions of kickme listed on A: %d %s, want kickme-b on n1 and kickme-c on n2", res.Status, res.Body)
+		}
+		res = a.API(t, a.Admin, "DELETE", "/v1/devices/kickme/sessions", nil)
+		var kicked struct {
+			Kicked int `json:"kicked"`
+		}
+		res.DecodeJSON(t, &kicked)
+		if res.Status != 200 || kicked.Kicked != 2 {
+			t.Fatalf("kick on A: %d %s, want 200 and 2 ended", res.Status, res.Body)
+		}
+		for node, c := range map[string]*testutil.Client{"B": onB, "C": onC} {
+			if d := c.WaitDisconnect(t, wait); d.ReasonCode != 0x98 {
+				t.Fatalf("the session on %s ended with 0x%02x, want 0x98 administrative action", node, d.ReasonCode)
+			}
+		}
+		cn.MustConnect(t, dev, "kickme-c", nil).Close()
+	})
+
 	t.Run("RestartedNodeSeesRegistryChanges", func(t *testing.T) {
 		c.Stop(t, 2)
 		a.Enroll(t, "while-c-down", map[string]string{"role": "sensor"})
@@ -174,6 +211,10 @@ func TestCluster(t *testing.T) {
 		}
 		if res := a.API(t, a.Admin, "GET", "/readyz", nil); res.Status != 503 || !strings.Contains(string(res.Body), "no quorum") {
 			t.Fatalf("readyz on a lone node: %d %s, want 503 no quorum", res.Status, res.Body)
+		}
+		// The session list cannot be the cluster's: it says whose it has.
+		if res := a.API(t, a.Admin, "GET", "/v1/sessions", nil); res.Status != 503 || !strings.Contains(string(res.Body), "1 of 3 nodes answered") {
+			t.Fatalf("sessions on a lone node: %d %s, want 503 naming the nodes that answered", res.Status, res.Body)
 		}
 		c.Restart(t, 2)
 		// Positive control: with a majority back it is ready again.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ztgate/ztgate/internal/app"
 	"github.com/ztgate/ztgate/internal/testclient"
@@ -242,6 +243,28 @@ func TestSessionCommands(t *testing.T) {
 
 	failsWith(t, "not found", e.run("session", "kick", "ghost")...)
 	usageFails(t, "accepts 1 arg(s), received 0", e.run("session", "kick")...)
+}
+
+// In a cluster every session names its node: the table gets a NODE column;
+// a single gateway's table has none (TestSessionCommands).
+func TestPrintSessionsOfACluster(t *testing.T) {
+	at := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	var b strings.Builder
+	if err := printSessions(&b, []sessionRow{
+		{ClientID: "c1", Device: "sensor-1", RemoteAddr: "127.0.0.1:5000", ProtocolVersion: 5, ConnectedAt: at, Node: "n1"},
+		{ClientID: "c2", Device: "sensor-2", RemoteAddr: "127.0.0.1:5001", ProtocolVersion: 4, ConnectedAt: at, Node: "n2"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "DEVICE CLIENT-ID REMOTE-ADDR PROTOCOL CONNECTED SUBSCRIPTIONS QUEUE NODE" {
+		t.Fatalf("cluster session table:\n%s", b.String())
+	}
+	for i, want := range []string{"n1", "n2"} {
+		if row := strings.Fields(lines[i+1]); len(row) != 8 || row[7] != want {
+			t.Fatalf("row %d %q: want node %s last", i, lines[i+1], want)
+		}
+	}
 }
 
 func TestRetainedCommands(t *testing.T) {

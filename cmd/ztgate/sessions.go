@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -39,7 +41,8 @@ type sessionRow struct {
 		Filter string `json:"filter"`
 		QoS    byte   `json:"qos"`
 	} `json:"subscriptions"`
-	QueueDepth int `json:"queue_depth"`
+	QueueDepth int    `json:"queue_depth"`
+	Node       string `json:"node"`
 }
 
 func (c *cli) newSessionListCmd(f *apiFlags) *cobra.Command {
@@ -53,7 +56,8 @@ func (c *cli) newSessionListCmd(f *apiFlags) *cobra.Command {
 		Long: `List the live MQTT sessions of the gateway: the device, its client ID, the
 remote address, the MQTT protocol version, when it connected, its
 subscriptions (filter:QoS) and how many QoS 1/2 messages are queued or in
-flight for it. --device keeps one device's sessions.`,
+flight for it. --device keeps one device's sessions. In a cluster, every
+node's sessions, with a NODE column.`,
 		Example: `  ztgate session list
   ztgate session list --device sensor-1 --json`,
 		Args: cobra.NoArgs,
@@ -76,19 +80,34 @@ flight for it. --device keeps one device's sessions.`,
 			if err := json.Unmarshal(raw, &list); err != nil {
 				return fmt.Errorf("the API answered with unexpected JSON: %w", err)
 			}
-			tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DEVICE\tCLIENT-ID\tREMOTE-ADDR\tPROTOCOL\tCONNECTED\tSUBSCRIPTIONS\tQUEUE")
-			for _, s := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", dash(s.Device), dash(cell(s.ClientID)), dash(s.RemoteAddr),
-					protocolName(s.ProtocolVersion), s.ConnectedAt.UTC().Format(time.RFC3339), formatSubscriptions(s), s.QueueDepth)
-			}
-			return tw.Flush()
+			return printSessions(c.stdout, list)
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&device, "device", "", "only this device's sessions")
 	fl.BoolVar(&asJSON, "json", false, "print the API's JSON answer")
 	return cmd
+}
+
+// printSessions prints list as a table; a cluster's sessions name their
+// node, in a last column.
+func printSessions(w io.Writer, list []sessionRow) error {
+	clustered := slices.ContainsFunc(list, func(s sessionRow) bool { return s.Node != "" })
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	head := "DEVICE\tCLIENT-ID\tREMOTE-ADDR\tPROTOCOL\tCONNECTED\tSUBSCRIPTIONS\tQUEUE"
+	if clustered {
+		head += "\tNODE"
+	}
+	fmt.Fprintln(tw, head)
+	for _, s := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d", dash(s.Device), dash(cell(s.ClientID)), dash(s.RemoteAddr),
+			protocolName(s.ProtocolVersion), s.ConnectedAt.UTC().Format(time.RFC3339), formatSubscriptions(s), s.QueueDepth)
+		if clustered {
+			fmt.Fprintf(tw, "\t%s", dash(cell(s.Node)))
+		}
+		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
 }
 
 // protocolName is the MQTT version of a CONNECT's protocol level.

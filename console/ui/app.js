@@ -446,7 +446,8 @@ function sessionRow(s) {
   return el('tr', { 'data-device': s.device || '', 'data-client-id': s.client_id },
     who,
     el('td', {}, el('code', { text: s.client_id })),
-    el('td', { text: s.remote_addr }),
+    // In a cluster, the node the connection is on.
+    el('td', { text: s.node ? `${s.remote_addr} on ${s.node}` : s.remote_addr }),
     el('td', { text: protocolName(s.protocol_version) }),
     el('td', { title: time(s.connected_at), text: ago(s.connected_at) }),
     el('td', { 'data-testid': 'session-subscriptions' }, subs.length === 0

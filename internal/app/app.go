@@ -85,6 +85,7 @@ type App struct {
 	node     *cluster.Node // nil unless cfg.Cluster is set
 	psync    *cluster.PolicySync
 	fabric   *cluster.Fabric
+	admin    *cluster.NodeAdmin       // nil unless cfg.Cluster is set
 	link     gateway.ClusterLink      // nil on a single node
 	sessions gateway.SessionDirectory // nil on a single node
 	bridges  *bridge.Manager          // nil without bridges
@@ -303,6 +304,10 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		}()
 	}
 
+	sessions, kick, err := a.serveAdmin(gw)
+	if err != nil {
+		return nil, err
+	}
 	bundleEndpoint, err := a.bundleEndpoint()
 	if err != nil {
 		return nil, err
@@ -325,7 +330,7 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 		Decider:        a.decider,
 		Policy:         a.engine,
 		Ready:          a.ready,
-		Sessions:       gw.Sessions,
+		Sessions:       sessions,
 		SVIDTTL:        cfg.SVIDTTL,
 		Logger:         a.log,
 		Metrics:        a.prom,
@@ -337,7 +342,7 @@ func Start(ctx context.Context, cfg Config) (_ *App, err error) {
 			return gw.RetainedMessages(filter, limit), nil
 		},
 		DeleteRetained: func(topic string) (bool, error) { return gw.DeleteRetained(topic), nil },
-		KickSessions:   gw.KickSessions,
+		KickSessions:   kick,
 		Bridges:        a.bridgeStatus,
 	})
 	if err != nil {
@@ -684,6 +689,9 @@ func (a *App) Close() error {
 			if err := a.api.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("app: close API: %w", err))
 			}
+		}
+		if a.admin != nil {
+			a.admin.Close()
 		}
 		if a.gw != nil {
 			if err := a.gw.Close(); err != nil {

@@ -14,7 +14,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
+	"github.com/ztgate/ztgate/api"
 	"github.com/ztgate/ztgate/cluster"
+	"github.com/ztgate/ztgate/gateway"
+	"github.com/ztgate/ztgate/internal/brokerview"
 	"github.com/ztgate/ztgate/registry"
 )
 
@@ -174,4 +177,46 @@ func (a *App) openFabric(ctx context.Context) error {
 	}
 	a.fabric, a.link = f, newClusterLink(f)
 	return nil
+}
+
+// serveAdmin answers this node's part of the cluster's session list and
+// kick, and returns the API's functions for both: the whole cluster's
+// sessions, each with its node, and a kick on every node. Without a
+// cluster, they are the gateway's own.
+func (a *App) serveAdmin(gw *gateway.Gateway) (
+	sessions func(context.Context, string) ([]brokerview.Session, error),
+	kick func(context.Context, string) (int, error), err error,
+) {
+	if a.node == nil {
+		sessions = func(context.Context, string) ([]brokerview.Session, error) { return gw.Sessions(), nil }
+		kick = func(_ context.Context, id string) (int, error) { return gw.KickSessions(id) }
+		return sessions, kick, nil
+	}
+	nodes := 0 // an external NATS cluster: how many gateways use it is not known here
+	if cc := a.cfg.Cluster; cc.Embedded() {
+		nodes = 1 + len(cc.Peers)
+	}
+	adm, err := cluster.ServeAdmin(a.node.Conn(), a.cfg.Cluster.Node, cluster.AdminOptions{
+		Nodes:  nodes,
+		Logger: a.log.With("component", "cluster-admin"),
+	}, gw.Sessions, gw.KickSessions)
+	if err != nil {
+		return nil, nil, fmt.Errorf("app: %w", err)
+	}
+	a.admin = adm
+	unavailable := func(err error) error {
+		if errors.Is(err, cluster.ErrNodesUnanswered) {
+			return fmt.Errorf("%w: %w", api.ErrUnavailable, err)
+		}
+		return err
+	}
+	sessions = func(ctx context.Context, id string) ([]brokerview.Session, error) {
+		out, err := adm.Sessions(ctx, id)
+		return out, unavailable(err)
+	}
+	kick = func(ctx context.Context, id string) (int, error) {
+		n, err := adm.Kick(ctx, id)
+		return n, unavailable(err)
+	}
+	return sessions, kick, nil
 }

@@ -28,6 +28,9 @@ type Session struct {
 	// client's receive maximum (the count ztgate_broker_queued_messages
 	// sums).
 	QueueDepth int `json:"queue_depth"`
+	// Node is the cluster node the connection is on; empty, and left out
+	// of the JSON, on a single gateway.
+	Node string `json:"node,omitempty"`
 }
 
 // Subscription is one subscription of a session.
