@@ -433,24 +433,29 @@ func TestSessionDirectoryStreamBoundWhileDirect(t *testing.T) {
 	a := newDirectory(t, tc, 0, cluster.SessionDirectoryOptions{})
 	b := newDirectory(t, tc, 1, cluster.SessionDirectoryOptions{})
 	js := tc.Nodes[0].JetStream()
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
+	// Each step has its own time: under a loaded machine's -race, the
+	// steps together took more than one opTimeout.
+	step := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		t.Cleanup(cancel)
+		return ctx
+	}
 	allowDirect := func(on bool) {
 		t.Helper()
-		st, err := js.Stream(ctx, "KV_"+cluster.SessionsBucket)
+		st, err := js.Stream(step(), "KV_"+cluster.SessionsBucket)
 		if err != nil {
 			t.Fatalf("stream: %v", err)
 		}
 		cfg := st.CachedInfo().Config
 		cfg.AllowDirect = on
-		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		if _, err := js.UpdateStream(step(), cfg); err != nil {
 			t.Fatalf("allow direct %v: %v", on, err)
 		}
 	}
 	boundWhileDirect := func() jetstream.Stream {
 		t.Helper()
 		allowDirect(true)
-		st, err := js.Stream(ctx, "KV_"+cluster.SessionsBucket)
+		st, err := js.Stream(step(), "KV_"+cluster.SessionsBucket)
 		if err != nil {
 			t.Fatalf("stream: %v", err)
 		}
@@ -477,18 +482,18 @@ func TestSessionDirectoryStreamBoundWhileDirect(t *testing.T) {
 				allowDirect(false)
 				// The server drops its direct-get responders a moment
 				// later: wait until the stale handle meets none.
-				for i := 0; ; i++ {
-					_, err := st.GetLastMsgForSubject(ctx, "$KV."+cluster.SessionsBucket+"."+cluster.SessionKey(id))
+				for deadline := time.Now().Add(opTimeout); ; {
+					_, err := st.GetLastMsgForSubject(step(), "$KV."+cluster.SessionsBucket+"."+cluster.SessionKey(id))
 					if errors.Is(err, nats.ErrNoResponders) {
 						break
 					}
-					if i == 50 {
+					if time.Now().After(deadline) {
 						t.Fatalf("a direct get still answered after direct gets were turned off: %v", err)
 					}
 					time.Sleep(100 * time.Millisecond)
 				}
 			}
-			rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
+			rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer rcancel()
 			r, _, err := a.Record(rctx, id)
 			if err != nil {
@@ -497,7 +502,7 @@ func TestSessionDirectoryStreamBoundWhileDirect(t *testing.T) {
 			if r == nil || r.Node != tc.Cfgs[1].Node {
 				t.Fatalf("Record = %+v, want the record node %s wrote", r, tc.Cfgs[1].Node)
 			}
-			st, err = js.Stream(ctx, "KV_"+cluster.SessionsBucket)
+			st, err = js.Stream(step(), "KV_"+cluster.SessionsBucket)
 			if err != nil {
 				t.Fatalf("stream: %v", err)
 			}
