@@ -55,6 +55,11 @@ func (g *Gateway) PublishAs(id spiffeid.ID, clientID, topic string, payload []by
 		// client cannot decode would cost it its connection.
 		return fmt.Errorf("gateway: publish as bridge: %.200q (QoS %d) is not a message a device could publish", topic, qos)
 	}
+	if n := publishSize(topic, len(payload), qos); n > int(g.maxPacket) {
+		// What a device may not send, an upstream may not either: the
+		// bound protects the devices that receive it.
+		return fmt.Errorf("gateway: publish as bridge: a %d-byte packet is larger than the maximum packet size, %d bytes", n, g.maxPacket)
+	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
 		TopicName:   topic,
@@ -77,4 +82,18 @@ func (g *Gateway) newBridgeClient() *mqtt.Client {
 	cl := g.server.NewClient(nil, mqtt.LocalListener, bridgeClientID, true)
 	cl.Properties.ProtocolVersion = 5
 	return cl
+}
+
+// publishSize is the size of an MQTT 5 PUBLISH packet of topic and a
+// payload of n bytes, without properties.
+func publishSize(topic string, n int, qos byte) int {
+	rem := 2 + len(topic) + 1 + n // topic, properties length (0), payload
+	if qos > 0 {
+		rem += 2 // packet identifier
+	}
+	head := 2 // type and flags, one byte of remaining length
+	for v := rem >> 7; v > 0; v >>= 7 {
+		head++
+	}
+	return head + rem
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ztgate/ztgate/internal/brokerstore"
@@ -196,6 +198,28 @@ func TestPublishAsDecidedOnReceive(t *testing.T) {
 
 // PublishAs refuses what no device could publish, and anything once the
 // gateway is closed; a valid message beside them is accepted.
+func TestPublishSize(t *testing.T) {
+	// Checked against mochi's own encoding of the same packet.
+	for _, tt := range []struct {
+		topic string
+		n     int
+		qos   byte
+	}{{"a", 0, 0}, {"a/b", 100, 1}, {"devices/x", 200, 1}, {"t", 20000, 0}, {"t", 3 << 20, 1}} {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: tt.qos}, TopicName: tt.topic,
+			Payload: make([]byte, tt.n), ProtocolVersion: 5}
+		if tt.qos > 0 {
+			pk.PacketID = 1
+		}
+		var b bytes.Buffer
+		if err := pk.PublishEncode(&b); err != nil {
+			t.Fatal(err)
+		}
+		if got := publishSize(tt.topic, tt.n, tt.qos); got != b.Len() {
+			t.Errorf("publishSize(%q, %d, %d) = %d, mochi encodes %d bytes", tt.topic, tt.n, tt.qos, got, b.Len())
+		}
+	}
+}
+
 func TestPublishAsRefuses(t *testing.T) {
 	e := newEnv(t, engine(t))
 	bridgeID := spiffeid.RequireFromPath(testTD, "/bridge/cloud")
@@ -222,6 +246,20 @@ func TestPublishAsRefuses(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), "gateway: ") {
 			t.Errorf("%s: err %v, want a gateway error", tt.name, err)
 		}
+	}
+	// The maximum packet size bounds an upstream's messages as a device's:
+	// a packet of exactly the maximum passes, one byte more does not.
+	const topic = "devices/sensor-1/commands/x"
+	fits := int(e.gw.maxPacket) - publishSize(topic, 0, 1)
+	for publishSize(topic, fits, 1) > int(e.gw.maxPacket) {
+		fits-- // the remaining length's own bytes grow with the payload
+	}
+	if err := e.gw.PublishAs(bridgeID, "ztgate-cloud", topic, make([]byte, fits), 1, false); err != nil {
+		t.Fatalf("a packet of the maximum size: %v", err)
+	}
+	if err := e.gw.PublishAs(bridgeID, "ztgate-cloud", topic, make([]byte, fits+1), 1, false); err == nil ||
+		!strings.Contains(err.Error(), "larger than the maximum packet size") {
+		t.Fatalf("a packet one byte over the maximum: %v", err)
 	}
 	_ = e.gw.Close()
 	if err := e.gw.PublishAs(bridgeID, "ztgate-cloud", "devices/sensor-1/commands/x", nil, 0, false); err == nil || !strings.Contains(err.Error(), "closed") {
