@@ -480,11 +480,14 @@ func TestSessionDirectoryStreamBoundWhileDirect(t *testing.T) {
 			cluster.UseSessionStream(a, st)
 			if !tt.directAfter {
 				allowDirect(false)
-				// The server drops its direct-get responders a moment
-				// later: wait until the stale handle meets none.
+				// The servers drop their direct-get responders a moment
+				// later: wait until the stale handle's reads fail ("no
+				// responders"; under load, also no answer in time).
 				for deadline := time.Now().Add(opTimeout); ; {
-					_, err := st.GetLastMsgForSubject(step(), "$KV."+cluster.SessionsBucket+"."+cluster.SessionKey(id))
-					if errors.Is(err, nats.ErrNoResponders) {
+					gctx, gcancel := context.WithTimeout(context.Background(), time.Second)
+					_, err := st.GetLastMsgForSubject(gctx, "$KV."+cluster.SessionsBucket+"."+cluster.SessionKey(id))
+					gcancel()
+					if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) {
 						break
 					}
 					if time.Now().After(deadline) {
