@@ -46,6 +46,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"required flag", []string{"serve"}, `required flag(s) "config" not set`},
 		{"unknown shell", []string{"completion", "tcsh"}, `invalid argument "tcsh" for "ztgate completion"`},
 		{"no shell", []string{"completion"}, "accepts 1 arg(s), received 0"},
+		{"help of an unknown command", []string{"help", "nosuch"}, `unknown help topic "nosuch"`},
+		{"help of an unknown subcommand", []string{"help", "device", "enrol"}, `unknown help topic "device enrol"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			usageFails(t, tc.want, tc.args...)
@@ -56,7 +58,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 // TestParentsPrintHelp: a parent command given no subcommand prints its
 // help and exits 0 (the positive control of the exit 2 above).
 func TestParentsPrintHelp(t *testing.T) {
-	for _, args := range [][]string{nil, {"device"}, {"policy"}, {"session"}, {"retained"}, {"device", "--help"}} {
+	for _, args := range [][]string{nil, {"device"}, {"policy"}, {"session"}, {"retained"}, {"device", "--help"}, {"help"}, {"help", "device"}} {
 		r := ztgate(t, nil, "", args...)
 		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, "Available Commands:") {
 			t.Errorf("ztgate %s: %+v", strings.Join(args, " "), r)
