@@ -44,23 +44,7 @@ const opAttempt = time.Second
 
 // ensureEach is ensure with attempts of at most attempt each.
 func ensureEach(ctx context.Context, attempt time.Duration, fn func(ctx context.Context) error) error {
-	backoff := 100 * time.Millisecond
-	for {
-		actx, cancel := context.WithTimeout(ctx, attempt)
-		err := fn(actx)
-		cancel()
-		if err == nil || ctx.Err() != nil || !(isNoQuorum(err) || noPeersYet(err)) {
-			return err
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
+	return retry(ctx, attempt, func(err error) bool { return isNoQuorum(err) || noPeersYet(err) }, fn)
 }
 
 // notTaken reports whether err says a request reached no one who would
@@ -74,10 +58,22 @@ func notTaken(err error) bool {
 // ensureSent runs fn, a write, until it succeeds, fails for a reason other
 // than notTaken, or ctx ends.
 func ensureSent(ctx context.Context, fn func(ctx context.Context) error) error {
-	backoff := 50 * time.Millisecond
+	return retry(ctx, 0, notTaken, fn)
+}
+
+// retry runs fn, each attempt bounded by attempt (0: by ctx alone), until
+// it succeeds, fails with an error again does not accept, or ctx ends,
+// backing off between attempts.
+func retry(ctx context.Context, attempt time.Duration, again func(error) bool, fn func(ctx context.Context) error) error {
+	backoff := 100 * time.Millisecond
 	for {
-		err := fn(ctx)
-		if err == nil || ctx.Err() != nil || !notTaken(err) {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if attempt > 0 {
+			actx, cancel = context.WithTimeout(ctx, attempt)
+		}
+		err := fn(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !again(err) {
 			return err
 		}
 		t := time.NewTimer(backoff)
@@ -87,6 +83,6 @@ func ensureSent(ctx context.Context, fn func(ctx context.Context) error) error {
 			return err
 		case <-t.C:
 		}
-		backoff = min(2*backoff, time.Second)
+		backoff = min(2*backoff, 2*time.Second)
 	}
 }
