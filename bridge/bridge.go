@@ -55,7 +55,8 @@ type bridge struct {
 
 	pending  chan *message // allowed messages waiting for the group commit
 	notify   chan struct{} // the queue grew
-	echo     *echoRing     // MQTT 3.1.1 only: what was forwarded recently
+	echo     *echoRing     // without No Local (3.1.1, or shared): what was forwarded recently
+	share    string        // in a cluster, the shared subscription group of the in filters
 	logLimit *rate.Limiter // deny and drop lines: the counters count them all
 
 	forwarded, deniedOut, deniedIn, dropped, received atomic.Uint64
@@ -90,8 +91,15 @@ func newBridge(ctx context.Context, cfg Config, deps *Deps, q *queue) (*bridge, 
 	for _, r := range cfg.In {
 		b.inF = append(b.inF, compileFilter(r.Filter))
 	}
+	if deps.Node != "" {
+		b.cfg.ClientID += "-" + deps.Node
+		b.share = "ztgate-" + cfg.Name
+	}
+	cfg = b.cfg
 	b.subject = policy.NewSubject(id, nil, policy.Client{ID: cfg.ClientID, RemoteAddr: addr, ProtocolVersion: byte(cfg.ProtocolVersion)})
-	if cfg.ProtocolVersion == 4 && len(cfg.In) > 0 {
+	if (cfg.ProtocolVersion == 4 || b.share != "") && len(cfg.In) > 0 {
+		// Without No Local: MQTT 3.1.1 has none, and MQTT 5 forbids it on
+		// a shared subscription.
 		b.echo = newEchoRing(4096, time.Minute)
 	}
 	if _, err := b.tlsConfig(); err != nil {
@@ -306,7 +314,7 @@ func (b *bridge) connect(ctx context.Context) (*link, error) {
 		return nil, err
 	}
 	if len(b.cfg.In) > 0 {
-		refused, err := l.subscribe(cctx, 1, b.cfg.In)
+		refused, err := l.subscribe(cctx, 1, b.cfg.In, b.share)
 		if err != nil {
 			l.close()
 			return nil, fmt.Errorf("bridge: subscribe: %w", err)

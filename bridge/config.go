@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/ztgate/ztgate/policy"
 )
@@ -183,4 +184,10 @@ func parseURL(raw string) (string, error) {
 		return "", fmt.Errorf("url %q: port %q out of range", raw, port)
 	}
 	return net.JoinHostPort(u.Hostname(), port), nil
+}
+
+// validShareName reports whether s may be part of a client ID and of a
+// shared subscription's group name: no topic level separator or wildcard.
+func validShareName(s string) bool {
+	return s != "" && len(s) <= 64 && utf8.ValidString(s) && !strings.ContainsAny(s, "/+#\x00")
 }

@@ -35,6 +35,14 @@ type Deps struct {
 	Metrics      prometheus.Registerer
 	// Dial opens the TCP connection to an upstream (nil: a net.Dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Node is this gateway's cluster node name; empty on a single
+	// gateway. In a cluster every node keeps its own link to each
+	// upstream: the client ID gets "-NODE" appended, so that the nodes do
+	// not take each other's connection over, and the in filters are
+	// subscribed as the shared subscription $share/ztgate-NAME/FILTER, so
+	// that the upstream hands each message to one node, which publishes
+	// it to the whole cluster.
+	Node string
 }
 
 // Status is one bridge's state: the wire format of GET /v1/bridges.
@@ -87,6 +95,8 @@ func New(cfgs []Config, deps Deps) (*Manager, error) {
 		return nil, errors.New("bridge: Deps.TrustDomain is empty")
 	case deps.Dir == "" && len(cfgs) > 0:
 		return nil, errors.New("bridge: Deps.Dir is empty")
+	case deps.Node != "" && !validShareName(deps.Node):
+		return nil, fmt.Errorf("bridge: node name %q cannot be part of a client ID and a share name", deps.Node)
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)

@@ -110,15 +110,21 @@ func encodePublish(v byte, topic string, payload []byte, qos byte, retain bool, 
 	return frame(pktPublish, flags, b)
 }
 
-func encodeSubscribe(v byte, id uint16, rules []InRule) []byte {
+// encodeSubscribe subscribes to the filters of rules, as shared
+// subscriptions of the group share when it is not empty.
+func encodeSubscribe(v byte, id uint16, rules []InRule, share string) []byte {
 	b := binary.BigEndian.AppendUint16(nil, id)
 	if v == 5 {
 		b = append(b, 0)
 	}
 	for _, r := range rules {
-		b = appendString(b, r.Filter)
+		if share != "" {
+			b = appendString(b, "$share/"+share+"/"+r.Filter)
+		} else {
+			b = appendString(b, r.Filter)
+		}
 		opts := r.QoS
-		if v == 5 {
+		if v == 5 && share == "" {
 			// No Local: the upstream never sends back what this
 			// connection published, so overlapping in and out rules
 			// make no loop.
@@ -602,8 +608,8 @@ func (l *link) skipPublish(flags byte, n int) error {
 
 // subscribe sends one SUBSCRIBE for rules and waits for its SUBACK; it
 // returns the filters the upstream refused.
-func (l *link) subscribe(ctx context.Context, id uint16, rules []InRule) ([]string, error) {
-	if err := l.write(encodeSubscribe(l.v, id, rules)); err != nil {
+func (l *link) subscribe(ctx context.Context, id uint16, rules []InRule, share string) ([]string, error) {
+	if err := l.write(encodeSubscribe(l.v, id, rules, share)); err != nil {
 		return nil, err
 	}
 	t := time.NewTimer(subTimeout)

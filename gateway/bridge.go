@@ -71,6 +71,15 @@ func (g *Gateway) PublishAs(id spiffeid.ID, clientID, topic string, payload []by
 	if qos > 0 {
 		pk.PacketID = 1 // required by mochi's validation; an inline publish is not acknowledged
 	}
+	if g.cluster.link != nil {
+		// To every node, as a device's publish: the upstream handed it to
+		// this node alone (a shared subscription). Stored by the cluster
+		// before it is published here, as a device's QoS 1 message is.
+		m := ClusterMessage{Topic: topic, Payload: payload, QoS: qos, Retain: retain, Publisher: id.String()}
+		if err := g.forward(m); err != nil && qos > 0 {
+			return fmt.Errorf("gateway: publish as bridge %s: %w", id, err)
+		}
+	}
 	if err := g.server.InjectPacket(g.bridgeClient, pk); err != nil {
 		return fmt.Errorf("gateway: publish as bridge %s (client %s): %w", id, clientID, err)
 	}

@@ -31,6 +31,7 @@ func (a *App) openBridges() (*bridge.Manager, error) {
 		},
 		Logger:  a.log,
 		Metrics: a.prom,
+		Node:    clusterNode(a.cfg.Cluster),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
@@ -53,4 +54,12 @@ func (a *App) bridgeStatus() []bridge.Status {
 		return nil
 	}
 	return a.bridges.Status()
+}
+
+// clusterNode is the cluster node name of cc; "" without a cluster.
+func clusterNode(cc *ClusterConfig) string {
+	if cc == nil {
+		return ""
+	}
+	return cc.Node
 }

@@ -638,11 +638,6 @@ func (c Config) validate() error {
 	if err := bridge.ValidateAll(c.Bridges); err != nil {
 		return fmt.Errorf("bridges: %w", err)
 	}
-	if c.Cluster != nil && len(c.Bridges) > 0 {
-		// Every node would forward its own publishers' messages but each
-		// would also subscribe upstream and inject the same commands.
-		return errors.New("bridges: not available in cluster mode yet")
-	}
 	return nil
 }
 

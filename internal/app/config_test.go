@@ -107,7 +107,6 @@ log_format: json
 		{"bridge qos 2", "bridges:\n  - name: cloud\n    url: mqtts://up.example\n    out: [{filter: a/#, qos: 2}]\n", "bridges: bridge cloud: out[0]"},
 		{"bridge unknown key", "bridges:\n  - name: cloud\n    url: mqtts://up.example\n    uot: []\n", "uot"},
 		{"two bridges one name", "bridges:\n  - {name: a, url: 'mqtts://x', out: [{filter: a}]}\n  - {name: a, url: 'mqtts://y', out: [{filter: a}]}\n", "bridges:"},
-		{"bridges in a cluster", "bridges:\n  - {name: a, url: 'mqtts://x', out: [{filter: a}]}\ncluster:\n  name: c\n  node: a\n  listen: 127.0.0.1:6222\n  peers: [127.0.0.1:6223]\n  replicas: 1\n", "not available in cluster mode"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
