@@ -278,8 +278,6 @@ func (identityMismatch) IdentityMismatch() bool { return true }
 // maximum payload is cut, keeping the oldest messages in order.
 func TestSessionTakeoverBounds(t *testing.T) {
 	tc := testcluster.Start(t, 3)
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
 	for _, tt := range []struct {
 		name      string
 		max, n    int
@@ -292,8 +290,14 @@ func TestSessionTakeoverBounds(t *testing.T) {
 		{name: "payload limit", max: 1000, n: 40, size: cluster.MaxPayload / 32, wantUnder: 39},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+			defer cancel()
 			a := newDirectory(t, tc, 0, cluster.SessionDirectoryOptions{MaxHandoverMessages: tt.max})
-			c := newDirectory(t, tc, 1, cluster.SessionDirectoryOptions{})
+			// The bounds are what is checked, not the time: a holder
+			// encoding a near-1 MiB answer under -race on a loaded
+			// machine outlasted the default (seen in CI), and the claim
+			// resumed from the record, carrying nothing.
+			c := newDirectory(t, tc, 1, cluster.SessionDirectoryOptions{TakeoverTimeout: opTimeout})
 			if err := a.Put(ctx, sensorID, storedSession("a/#"), true); err != nil {
 				t.Fatal(err)
 			}
@@ -307,7 +311,9 @@ func TestSessionTakeoverBounds(t *testing.T) {
 			}
 			defer stop()
 			waitServing(t, tc.Nodes[1].Conn(), "n0")
-			s, err := c.Claim(ctx, sensorScope, sensorID, false)
+			cctx, ccancel := context.WithTimeout(context.Background(), 2*opTimeout)
+			defer ccancel()
+			s, err := c.Claim(cctx, sensorScope, sensorID, false)
 			if err != nil || s == nil {
 				t.Fatalf("Claim = %v, %v", s, err)
 			}
