@@ -26,17 +26,8 @@ func TestBridge_Cluster(t *testing.T) {
 	up := testmosquitto.Start(t)
 	certFile, keyFile := up.ClientCertFiles(t, "ztgate-plant-a", t.TempDir())
 	c := testutil.StartCluster(t, 3, testutil.WithConfig(func(cfg *app.Config) {
-		cfg.Bridges = []bridge.Config{{
-			Name:            "cloud",
-			URL:             "mqtts://" + up.Addr,
-			CAFile:          up.CAFile,
-			CertFile:        certFile,
-			KeyFile:         keyFile,
-			ClientID:        "ztgate-plant-a",
-			ProtocolVersion: 5,
-			Out:             []bridge.OutRule{{Filter: "devices/+/telemetry/#", RemotePrefix: "plant-a/", QoS: 1}},
-			In:              []bridge.InRule{{Filter: "plant-a/devices/+/commands/#", StripPrefix: "plant-a/", QoS: 1}},
-		}}
+		cfg.Bridges = []bridge.Config{cloudBridge(up, certFile, keyFile,
+			bridge.OutRule{Filter: "devices/+/telemetry/#", RemotePrefix: "plant-a/", QoS: 1})}
 	}))
 	a, b := c.Nodes[0], c.Nodes[1]
 	status := func(e *testutil.Env) bridge.Status {
@@ -61,11 +52,7 @@ func TestBridge_Cluster(t *testing.T) {
 			t.Fatalf("the nodes' bridges are not all connected after 20 s\nupstream log:\n%s", up.Log())
 		}
 	}
-	upstream := func(cn string) *testclient.Client {
-		d := testclient.Dialer{Addr: up.Addr, TLS: up.TLSConfig(up.ClientCert(t, cn)), Name: "upstream " + cn}
-		return d.MustConnect(t, cn, nil)
-	}
-	watcher := upstream("watcher")
+	watcher := upstreamClientOf(t, up, "watcher")
 	watcher.Sub(t, "plant-a/devices/+/telemetry/#")
 
 	dev := a.Enroll(t, "sensor-1", map[string]string{"role": "sensor"})
@@ -87,7 +74,7 @@ func TestBridge_Cluster(t *testing.T) {
 	for _, e := range c.Nodes {
 		before += int(status(e).Received)
 	}
-	cloud := upstream("cloud-app")
+	cloud := upstreamClientOf(t, up, "cloud-app")
 	const commands = 12
 	for i := range commands {
 		cloud.Pub(t, testclient.Msg{Topic: "plant-a/devices/sensor-1/commands/c", Payload: strconv.Itoa(i), QoS: 1})

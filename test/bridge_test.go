@@ -36,22 +36,12 @@ func startBridgeRig(t *testing.T) *bridgeRig {
 	node := testutil.StartNode(t, testutil.WithConfig(func(c *app.Config) {
 		c.DecisionLog.Path = logPath
 		c.DecisionLog.AggregateInterval = 0 // every deny in full
-		c.Bridges = []bridge.Config{{
-			Name:            "cloud",
-			URL:             "mqtts://" + up.Addr,
-			CAFile:          up.CAFile,
-			CertFile:        certFile,
-			KeyFile:         keyFile,
-			ClientID:        "ztgate-plant-a",
-			ProtocolVersion: 5,
-			Out: []bridge.OutRule{
-				{Filter: "devices/+/telemetry/#", RemotePrefix: "plant-a/", QoS: 1},
-				// Wider than the default policy lets out: the policy must
-				// still stop what it does not grant.
-				{Filter: "devices/+/commands/#", RemotePrefix: "plant-a/", QoS: 1},
-			},
-			In: []bridge.InRule{{Filter: "plant-a/devices/+/commands/#", StripPrefix: "plant-a/", QoS: 1}},
-		}}
+		c.Bridges = []bridge.Config{cloudBridge(up, certFile, keyFile,
+			bridge.OutRule{Filter: "devices/+/telemetry/#", RemotePrefix: "plant-a/", QoS: 1},
+			// Wider than the default policy lets out: the policy must
+			// still stop what it does not grant.
+			bridge.OutRule{Filter: "devices/+/commands/#", RemotePrefix: "plant-a/", QoS: 1},
+		)}
 	}))
 	r := &bridgeRig{up: up, node: node, obs: &testutil.Observed{Env: node.Env, DecisionLogPath: logPath}}
 	r.watcher = r.upstreamClient(t, "watcher")
@@ -60,10 +50,32 @@ func startBridgeRig(t *testing.T) *bridgeRig {
 	return r
 }
 
+// cloudBridge is the bridge "cloud" to up as the client ztgate-plant-a
+// (MQTT 5) with the out rules out, and commands in from plant-a/.
+func cloudBridge(up *testmosquitto.Broker, certFile, keyFile string, out ...bridge.OutRule) bridge.Config {
+	return bridge.Config{
+		Name:            "cloud",
+		URL:             "mqtts://" + up.Addr,
+		CAFile:          up.CAFile,
+		CertFile:        certFile,
+		KeyFile:         keyFile,
+		ClientID:        "ztgate-plant-a",
+		ProtocolVersion: 5,
+		Out:             out,
+		In:              []bridge.InRule{{Filter: "plant-a/devices/+/commands/#", StripPrefix: "plant-a/", QoS: 1}},
+	}
+}
+
 // upstreamClient connects an MQTT 5 client straight to the upstream.
 func (r *bridgeRig) upstreamClient(t *testing.T, cn string) *testclient.Client {
 	t.Helper()
-	d := testclient.Dialer{Addr: r.up.Addr, TLS: r.up.TLSConfig(r.up.ClientCert(t, cn)), Name: "upstream " + cn}
+	return upstreamClientOf(t, r.up, cn)
+}
+
+// upstreamClientOf connects an MQTT 5 client straight to up.
+func upstreamClientOf(t *testing.T, up *testmosquitto.Broker, cn string) *testclient.Client {
+	t.Helper()
+	d := testclient.Dialer{Addr: up.Addr, TLS: up.TLSConfig(up.ClientCert(t, cn)), Name: "upstream " + cn}
 	return d.MustConnect(t, cn, nil)
 }
 
