@@ -83,17 +83,21 @@ func (s *fakeUpstream) readPublish(t *testing.T, c net.Conn) *packets.Publish {
 	}
 }
 
+// startScripted starts, in a fixture, the bridge "cloud" of cfg (its name, URL and CA
+// set here) to a scripted upstream, with a certificate of its own.
+func startScripted(t *testing.T, cfg Config) (*fixture, *Manager, *fakeUpstream) {
+	t.Helper()
+	srv := newFakeUpstream(t, &upstream{t: t, dir: t.TempDir()})
+	f := newFixture(t)
+	f.svid = testpki.NewCA(t, "example.org").Issue(t, "spiffe://example.org/gateway")
+	cfg.Name, cfg.URL, cfg.CAFile = "cloud", "mqtts://"+srv.l.Addr().String(), srv.caFile
+	return f, f.start(cfg), srv
+}
+
 // A message leaves the queue only with its PUBACK: written and never
 // acknowledged, it is sent again on the next connection.
 func TestMessageKeptUntilPuback(t *testing.T) {
-	u := &upstream{t: t, dir: t.TempDir()}
-	srv := newFakeUpstream(t, u)
-	f := newFixture(t)
-	f.svid = testpki.NewCA(t, "example.org").Issue(t, "spiffe://example.org/gateway")
-	m := f.start(Config{
-		Name: "cloud", URL: "mqtts://" + srv.l.Addr().String(), CAFile: srv.caFile,
-		Out: []OutRule{{Filter: "devices/+/state", QoS: 1}},
-	})
+	_, m, srv := startScripted(t, Config{Out: []OutRule{{Filter: "devices/+/state", QoS: 1}}})
 	m.Offer(device("a"), "devices/a/state", []byte("on"), 1, false)
 
 	c1 := srv.accept(t)
@@ -122,14 +126,7 @@ func TestMessageKeptUntilPuback(t *testing.T) {
 // Up to the window, QoS 1 messages go out before the first PUBACK, in
 // queue order.
 func TestInflightWindowInOrder(t *testing.T) {
-	u := &upstream{t: t, dir: t.TempDir()}
-	srv := newFakeUpstream(t, u)
-	f := newFixture(t)
-	f.svid = testpki.NewCA(t, "example.org").Issue(t, "spiffe://example.org/gateway")
-	m := f.start(Config{
-		Name: "cloud", URL: "mqtts://" + srv.l.Addr().String(), CAFile: srv.caFile,
-		Out: []OutRule{{Filter: "devices/+/state", QoS: 1}},
-	})
+	_, m, srv := startScripted(t, Config{Out: []OutRule{{Filter: "devices/+/state", QoS: 1}}})
 	for _, p := range []string{"1", "2", "3", "4", "5"} {
 		m.Offer(device("a"), "devices/a/state", []byte(p), 1, false)
 	}
@@ -157,14 +154,7 @@ func TestInflightWindowInOrder(t *testing.T) {
 // does not make it buffer the packet: it is read past, acknowledged and
 // dropped, and the next message comes in.
 func TestOversizedInboundDropped(t *testing.T) {
-	u := &upstream{t: t, dir: t.TempDir()}
-	srv := newFakeUpstream(t, u)
-	f := newFixture(t)
-	f.svid = testpki.NewCA(t, "example.org").Issue(t, "spiffe://example.org/gateway")
-	m := f.start(Config{
-		Name: "cloud", URL: "mqtts://" + srv.l.Addr().String(), CAFile: srv.caFile,
-		In: []InRule{{Filter: "devices/+/commands/#", QoS: 1}},
-	})
+	f, m, srv := startScripted(t, Config{In: []InRule{{Filter: "devices/+/commands/#", QoS: 1}}})
 	c := srv.accept(t)
 	sub, ok := srv.read(t, c).Content.(*packets.Subscribe)
 	if !ok || len(sub.Subscriptions) != 1 || !sub.Subscriptions[0].NoLocal {
